@@ -1,0 +1,81 @@
+"""Multi-head softmax attention as a mixer (full causal or noncausal, self or cross)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Mixer, register_mixer
+from .rotary import Rotary
+
+
+@dataclass
+class KVState:
+    """Streaming state: keys/values seen so far, [B, H, t, P] each."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+@register_mixer("attention")
+class AttentionMixer(Mixer):
+    """Softmax attention over the whole sequence (torch SDPA), with optional rotary positions.
+
+    x: [B, L, D] -> [B, L, D]. With ``context`` [B, S, D] it attends from x to context (cross attention,
+    every query sees the whole context; causality then binds only the query side, which holds by construction).
+    """
+
+    supports_context = True
+
+    def __init__(self, d_model: int, *, causal: bool = True, n_heads: int = 4, rotary: bool = True,
+                 bias: bool = False, dropout: float = 0.0) -> None:
+        super().__init__(d_model, causal=causal)
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.rotary = Rotary(self.head_dim) if rotary else None
+        self.dropout = dropout
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, L, _ = t.shape
+        return t.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, L, P]
+
+    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(x)
+        src = x if context is None else context
+        q = self._heads(self.q_proj(x))
+        k, v = (self._heads(t) for t in self.kv_proj(src).chunk(2, dim=-1))
+        if self.rotary is not None and context is None:
+            q, k = self.rotary(q), self.rotary(k)
+        # is_causal aligns the mask top-left, which is only right for self attention.
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=self.causal and context is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        B, H, L, P = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(B, L, H * P))
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> KVState:
+        if not self.causal:
+            raise NotImplementedError("step() needs a causal attention mixer")
+        empty = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
+        return KVState(k=empty, v=empty.clone())
+
+    def step(self, x_t: torch.Tensor, state: KVState) -> tuple[torch.Tensor, KVState]:
+        """x_t: [B, D] -> y_t: [B, D]; appends this token's key/value to the state."""
+        t = state.k.shape[2]
+        x = x_t[:, None, :]
+        q = self._heads(self.q_proj(x))
+        k, v = (self._heads(u) for u in self.kv_proj(x).chunk(2, dim=-1))
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset=t), self.rotary(k, offset=t)
+        state = KVState(k=torch.cat([state.k, k], dim=2), v=torch.cat([state.v, v], dim=2))
+        y = F.scaled_dot_product_attention(q, state.k, state.v)
+        return self.out_proj(y.transpose(1, 2).reshape(x_t.shape[0], -1)), state

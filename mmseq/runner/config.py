@@ -1,0 +1,166 @@
+"""Run configs: YAML loaded with OmegaConf and validated against dataclass schemas before any work.
+
+A run config has ``task``, ``seed``, ``data`` and ``model`` (schemas given by the task), ``optim`` and
+``trainer``. Unknown keys, wrong types and missing files fail with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mmseq.errors import ConfigError
+
+
+def path_field(default: str | None = None, must_exist: bool = True) -> Any:
+    """A dataclass field holding a filesystem path; checked to exist after loading when set."""
+    return field(default=default, metadata={"path": True, "must_exist": must_exist})
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then a cosine/linear/constant schedule (a pure function of the step)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | linear | constant
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio for cosine/linear
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments for Lightning's Trainer (plus checkpoint and logging cadence)."""
+
+    max_steps: int = 1000
+    devices: int = 1
+    accelerator: str = "auto"  # auto | cpu | gpu
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | 64-true
+    val_check_interval: int = 200  # steps between validations
+    limit_val_batches: int = -1  # -1 = all
+    checkpoint_every_n_steps: int = 100
+    log_every_n_steps: int = 10
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    enable_progress_bar: bool = True
+    tensorboard: bool = False
+    deterministic: bool = False
+    num_workers: int = 0
+
+
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+def build_schema(task_name: str, data_cls: type, model_cls: type) -> type:
+    """The full dataclass schema of a run of ``task_name``."""
+    return dataclasses.make_dataclass(
+        "RunConfig",
+        [
+            ("task", str, field(default=task_name)),
+            ("seed", int, field(default=0)),
+            ("data", data_cls, field(default_factory=data_cls)),
+            ("model", model_cls, field(default_factory=model_cls)),
+            ("optim", OptimConfig, field(default_factory=OptimConfig)),
+            ("trainer", TrainerConfig, field(default_factory=TrainerConfig)),
+        ],
+    )
+
+
+def _omegaconf_message(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+    msg = str(getattr(e, "msg", e)).splitlines()[0]
+    if "not in" in msg and "Key" in msg:
+        return f"config key '{key}' is not a valid key here ({msg})"
+    return f"config key '{key}': {msg}"
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides (values parsed as YAML) to a plain config dict."""
+    cfg = OmegaConf.create(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. trainer.max_steps=500")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        OmegaConf.update(cfg, key.strip(), parsed, merge=True, force_add=True)
+    return OmegaConf.to_container(cfg)
+
+
+def validate(raw: dict, schema: type) -> DictConfig:
+    """Merge ``raw`` into the structured ``schema``; unknown keys or bad types raise ConfigError."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), raw)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_omegaconf_message(e)) from None
+    OmegaConf.set_struct(cfg, True)
+    _check_paths(cfg, schema, "")
+    _check_choices(cfg)
+    return cfg
+
+
+def _check_paths(cfg: DictConfig, schema: type, prefix: str) -> None:
+    for f in dataclasses.fields(schema):
+        value = cfg.get(f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.type) and isinstance(f.type, type):
+            _check_paths(value, f.type, key + ".")
+        elif f.metadata.get("path") and f.metadata.get("must_exist") and value not in (None, ""):
+            if not Path(value).exists():
+                raise ConfigError(f"config key '{key}': path does not exist: {value}")
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    checks = [
+        ("optim.schedule", cfg.optim.schedule, SCHEDULES),
+        ("trainer.precision", str(cfg.trainer.precision), PRECISIONS),
+        ("trainer.accelerator", cfg.trainer.accelerator, ACCELERATORS),
+    ]
+    for key, value, choices in checks:
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': expected one of {', '.join(choices)}, got {value!r}")
+    positive = [("trainer.max_steps", cfg.trainer.max_steps), ("trainer.devices", cfg.trainer.devices),
+                ("trainer.val_check_interval", cfg.trainer.val_check_interval),
+                ("trainer.checkpoint_every_n_steps", cfg.trainer.checkpoint_every_n_steps),
+                ("trainer.accumulate_grad_batches", cfg.trainer.accumulate_grad_batches)]
+    for key, value in positive:
+        if value < 1:
+            raise ConfigError(f"config key '{key}': must be >= 1, got {value}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"config key 'optim.lr': must be > 0, got {cfg.optim.lr}")
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def dump_yaml(cfg: DictConfig | dict, path: Path) -> None:
+    data = to_dict(cfg) if isinstance(cfg, DictConfig) else cfg
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

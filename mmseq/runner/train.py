@@ -1,0 +1,191 @@
+"""The common runner: one ``train`` and one ``evaluate`` for every task, on Lightning's Trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from mmseq.errors import UserError
+
+from .callbacks import RNGState, Throughput
+from .checkpoint import SafeCheckpointIO, safe_torch_load
+from .config import dump_yaml, read_yaml, to_dict
+from .pretrained import save_pretrained
+from .task import Task, load_task, load_task_file
+
+RUN_DIR_ENV = "MMSEQ_RUN_DIR"  # lets DDP worker processes reuse the run folder rank 0 chose
+
+
+def _is_worker_process() -> bool:
+    """True in the processes Lightning's DDP launcher starts for ranks > 0."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def _default_run_dir(task_name: str) -> Path:
+    return Path("runs") / f"{task_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def build_trainer(task: Task, run_dir: Path, *, for_fit: bool = True) -> tuple[pl.Trainer, dict]:
+    """A Lightning Trainer configured from ``task.cfg.trainer``; returns it and the named callbacks."""
+    t = task.cfg.trainer
+    callbacks: dict[str, pl.Callback] = {}
+    loggers = []
+    if for_fit:
+        ckpt_dir = _checkpoint_dir(run_dir)
+        callbacks["last"] = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
+                                            every_n_train_steps=t.checkpoint_every_n_steps)
+        callbacks["best"] = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor,
+                                            mode=task.monitor_mode, save_top_k=1, auto_insert_metric_name=False,
+                                            enable_version_counter=False)
+        callbacks["rng"] = RNGState()
+        callbacks["throughput"] = Throughput(t.log_every_n_steps)
+        callbacks["lr"] = LearningRateMonitor(logging_interval="step")
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+        if t.tensorboard:
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+    accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator
+    devices = t.devices if for_fit else 1
+    strategy = "ddp" if devices > 1 else "auto"
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=t.precision,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=None if t.limit_val_batches < 0 else t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val or None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        plugins=[SafeCheckpointIO()],
+        callbacks=list(callbacks.values()),
+        logger=loggers or False,
+        enable_checkpointing=for_fit,
+    )
+    return trainer, callbacks
+
+
+def _scalar_metrics(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) or isinstance(v, (int, float))}
+
+
+def train(config: str | Path | None = None, overrides: list[str] | None = None, run_dir: str | Path | None = None,
+          resume: str | Path | None = None) -> dict:
+    """Train from a YAML config (or continue ``resume``, a run folder); returns the final metrics.
+
+    Everything is validated before anything is written: a bad key or a used run folder fails first.
+    """
+    overrides = list(overrides or [])
+    worker = _is_worker_process()
+    if resume is not None:
+        run_dir = Path(resume)
+        config_file = run_dir / "config.yaml"
+        last = _checkpoint_dir(run_dir) / "last.ckpt"
+        if not config_file.is_file():
+            raise UserError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+        if not last.is_file():
+            raise UserError(f"--resume {run_dir}: no checkpoint to resume from ({last} is missing)")
+        bad = [o for o in overrides if not o.startswith("trainer.")]
+        if bad:
+            raise UserError(f"--resume accepts only trainer.* overrides (the model and data are fixed), got {bad[0]!r}")
+        task = load_task(read_yaml(config_file), overrides, source=str(config_file))
+        ckpt_path: Path | None = last
+    else:
+        if config is None:
+            raise UserError("give a config file or --resume RUN_DIR")
+        task = load_task_file(config, overrides)
+        if run_dir is None:
+            run_dir = Path(os.environ[RUN_DIR_ENV]) if worker and RUN_DIR_ENV in os.environ else _default_run_dir(
+                task.name)
+        run_dir = Path(run_dir)
+        if not worker and run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"run folder {run_dir} already exists and is not empty: "
+                            f"pass --resume {run_dir} to continue it, or choose another --run-dir")
+        ckpt_path = None
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+
+    cfg = task.cfg
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = task.build_model()
+    module = task.build_module(model)
+    datamodule = task.build_datamodule()
+    trainer, callbacks = build_trainer(task, run_dir)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    train_time = time.perf_counter() - start
+
+    best = callbacks["best"].best_model_path or str(_checkpoint_dir(run_dir) / "last.ckpt")
+    module.load_state_dict(safe_torch_load(best)["state_dict"])
+    val = trainer.validate(module, datamodule=datamodule, verbose=False)
+    test = trainer.test(module, datamodule=datamodule, verbose=False) if _has_test(datamodule) else []
+    metrics = {
+        "task": task.name,
+        "global_step": trainer.global_step,
+        "best_checkpoint": str(Path(best).relative_to(run_dir.resolve()) if Path(best).is_absolute()
+                               else Path(best)),
+        "val": _scalar_metrics(val[0]) if val else {},
+        "test": _scalar_metrics(test[0]) if test else {},
+        "throughput": callbacks["throughput"].last,
+        "train_time_s": train_time,
+    }
+    if trainer.is_global_zero:
+        save_pretrained(model, run_dir / "model", task.export_config())
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _has_test(datamodule: pl.LightningDataModule) -> bool:
+    return type(datamodule).test_dataloader is not pl.LightningDataModule.test_dataloader
+
+
+def evaluate(run_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None) -> dict:
+    """Evaluate a run's exported model on its validation (and test) data; ``data.*`` may be overridden."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
+    overrides = list(overrides or [])
+    bad = [o for o in overrides if not o.startswith(("data.", "trainer."))]
+    if bad:
+        raise UserError(f"eval accepts only data.* and trainer.* overrides, got {bad[0]!r}")
+    from safetensors.torch import load_file
+
+    from .pretrained import WEIGHTS, resolve_pretrained_dir
+
+    task = load_task(read_yaml(config_file), overrides, source=str(config_file))
+    model = task.build_model()
+    model.load_state_dict(load_file(str(resolve_pretrained_dir(run_dir) / WEIGHTS)))
+    module = task.build_module(model)
+    datamodule = task.build_datamodule()
+    trainer, _ = build_trainer(task, run_dir, for_fit=False)
+    val = trainer.validate(module, datamodule=datamodule, verbose=False)
+    test = trainer.test(module, datamodule=datamodule, verbose=False) if _has_test(datamodule) else []
+    result = {"task": task.name, "overrides": overrides, "config": to_dict(task.cfg.data),
+              "val": _scalar_metrics(val[0]) if val else {}, "test": _scalar_metrics(test[0]) if test else {}}
+    out = Path(out) if out else run_dir / "eval.json"
+    out.write_text(json.dumps(result, indent=2))
+    result["written_to"] = str(out)
+    return result

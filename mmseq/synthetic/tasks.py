@@ -1,0 +1,230 @@
+"""Synthetic recall tasks for comparing mixers: ``mqar`` and ``passkey``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from mmseq.data import resumable_loader
+from mmseq.errors import ConfigError
+from mmseq.mixers import validate_mixer_config
+from mmseq.runner.config import path_field, to_dict
+from mmseq.runner.module import TaskModule
+from mmseq.runner.task import Task, register_task
+
+from .data import IGNORE, load_split, make_mqar, make_passkey, passkey_vocab_size, save_split
+from .model import SequenceLM
+
+
+@dataclass
+class SequenceModelConfig:
+    """Arguments of SequenceLM (vocab_size comes from the data)."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    mixer: dict[str, Any] = field(default_factory=lambda: {"name": "attention"})
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+
+@dataclass
+class MQARDataConfig:
+    root: str | None = path_field(None)  # folder from `mmseq data make mqar`; None generates in memory
+    vocab_size: int = 64
+    seq_len: int = 64
+    num_kv_pairs: int = 8
+    num_train: int = 20000
+    num_val: int = 500
+    num_test: int = 1000
+    power_a: float = 0.01
+    batch_size: int = 64
+
+
+@dataclass
+class PasskeyDataConfig:
+    root: str | None = path_field(None)
+    seq_len: int = 256
+    n_digits: int = 5
+    filler_vocab: int = 16
+    num_train: int = 20000
+    num_val: int = 500
+    num_test: int = 1000
+    val_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    batch_size: int = 32
+
+
+class TokenDataModule(pl.LightningDataModule):
+    """Holds train/val/test splits of (inputs, labels[, depth]) tensors; train order is step-resumable."""
+
+    def __init__(self, make_split, root: str | None, batch_size: int, seed: int, num_workers: int = 0) -> None:
+        super().__init__()
+        self.make_split = make_split
+        self.root = Path(root) if root else None
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.splits: dict[str, TensorDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        for name in ("train", "val", "test"):
+            t = load_split(self.root / f"{name}.safetensors") if self.root else self.make_split(name)
+            extra = [t["depth"]] if "depth" in t else []
+            self.splits[name] = TensorDataset(t["inputs"], t["labels"], *extra)
+
+    def train_dataloader(self) -> DataLoader:
+        return resumable_loader(self.splits["train"], self.batch_size, self.seed, trainer=self.trainer,
+                                num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits["val"], batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits["test"], batch_size=self.batch_size, num_workers=self.num_workers)
+
+
+class RecallModule(TaskModule):
+    """Next-token cross-entropy on the scored positions; accuracy per position and per sequence."""
+
+    def __init__(self, model, optim, max_steps: int, vocab_size: int, depths: list[float] | None = None) -> None:
+        super().__init__(model, optim, max_steps)
+        self.vocab_size = vocab_size
+        self.depths = list(depths or [])
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE))
+            setattr(self, f"{stage}_exact", MeanMetric())
+            setattr(self, f"{stage}_depth", torch.nn.ModuleList(MeanMetric() for _ in self.depths))
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=IGNORE)
+
+    def training_step(self, batch, batch_idx):
+        inputs, labels = batch[0], batch[1]
+        loss = self._loss(self.model(inputs), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        inputs, labels = batch[0], batch[1]
+        logits = self.model(inputs)
+        self.log(f"{stage}/loss", self._loss(logits, labels), prog_bar=stage == "val", sync_dist=True)
+        preds = logits.argmax(-1)
+        acc = getattr(self, f"{stage}_acc")
+        acc.update(preds, labels)
+        scored = labels != IGNORE
+        per_seq = ((preds == labels) | ~scored).all(dim=1).float()
+        getattr(self, f"{stage}_exact").update(per_seq)
+        self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
+        self.log(f"{stage}/exact", getattr(self, f"{stage}_exact"))
+        if self.depths and len(batch) > 2:
+            correct = ((preds == labels) & scored).sum(1).float() / scored.sum(1).clamp(min=1)
+            for i, d in enumerate(self.depths):
+                sel = (batch[2] - d).abs() < 1e-6
+                if sel.any():
+                    metric = getattr(self, f"{stage}_depth")[i]
+                    metric.update(correct[sel])
+                    self.log(f"{stage}/acc_depth_{d:g}", metric)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+
+class _RecallTask(Task):
+    model_config = SequenceModelConfig
+    monitor = "val/acc"
+    monitor_mode = "max"
+
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        validate_mixer_config(to_dict(self.cfg.model.mixer), key="model.mixer")
+        d = self.cfg.data
+        if d.batch_size < 1:
+            raise ConfigError(f"config key 'data.batch_size': must be >= 1, got {d.batch_size}")
+        for key in ("num_train", "num_val", "num_test"):
+            if getattr(d, key) < 1:
+                raise ConfigError(f"config key 'data.{key}': must be >= 1, got {getattr(d, key)}")
+        try:  # generating one example validates the sizes with the generator's own message
+            self.make_split("check", num=1)
+        except ValueError as e:
+            raise ConfigError(f"config section 'data': {e}") from None
+
+    def make_split(self, split: str, num: int | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def build_model(self) -> SequenceLM:
+        m = to_dict(self.cfg.model)
+        model = SequenceLM(vocab_size=self.vocab_size(), causal=True, **m)
+        model.run_config = self.export_config()
+        return model
+
+    def build_datamodule(self) -> TokenDataModule:
+        d = self.cfg.data
+        return TokenDataModule(self.make_split, d.root, d.batch_size, self.cfg.seed, self.cfg.trainer.num_workers)
+
+    def build_module(self, model) -> RecallModule:
+        return RecallModule(model, self.cfg.optim, self.cfg.trainer.max_steps, self.vocab_size())
+
+    def split_seed(self, split: str) -> int:
+        return self.cfg.seed * 10 + {"train": 1, "val": 2, "test": 3, "check": 4}[split]
+
+
+@register_task("mqar")
+class MQARTask(_RecallTask):
+    """Multi-query associative recall (Zoology): recall the value bound to each repeated key."""
+
+    data_config = MQARDataConfig
+
+    def vocab_size(self) -> int:
+        return self.cfg.data.vocab_size
+
+    def make_split(self, split: str, num: int | None = None) -> dict[str, torch.Tensor]:
+        d = self.cfg.data
+        num = num or getattr(d, f"num_{split}")
+        return make_mqar(num, d.seq_len, d.num_kv_pairs, d.vocab_size, self.split_seed(split), d.power_a)
+
+
+@register_task("passkey")
+class PasskeyTask(_RecallTask):
+    """Passkey retrieval: recall a digit string hidden at some depth in filler text."""
+
+    data_config = PasskeyDataConfig
+
+    def vocab_size(self) -> int:
+        return passkey_vocab_size(self.cfg.data.filler_vocab)
+
+    def make_split(self, split: str, num: int | None = None) -> dict[str, torch.Tensor]:
+        d = self.cfg.data
+        num = num or getattr(d, f"num_{split}")
+        depths = None if split == "train" else list(d.val_depths)
+        return make_passkey(num, d.seq_len, d.n_digits, d.filler_vocab, self.split_seed(split), depths)
+
+    def build_module(self, model) -> RecallModule:
+        return RecallModule(model, self.cfg.optim, self.cfg.trainer.max_steps, self.vocab_size(),
+                            depths=list(self.cfg.data.val_depths))
+
+
+def make_dataset(task: _RecallTask, out_dir: Path) -> list[Path]:
+    """Write train/val/test safetensors files that ``data.root`` reads back."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    meta = {k: str(v) for k, v in to_dict(task.cfg.data).items() if k != "root"}
+    for split in ("train", "val", "test"):
+        path = out_dir / f"{split}.safetensors"
+        save_split(task.make_split(split), path, {"task": task.name, "seed": str(task.cfg.seed), **meta})
+        paths.append(path)
+    return paths
