@@ -28,7 +28,7 @@ def make_mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: in
     """MQAR as in Zoology: k key-value pairs first, then the keys queried again at power-law gaps.
 
     Keys come from [1, V/2), values from [V/2, V), distinct within an example. The label at each query
-    key is its value; other positions are -100; unqueried slots hold random tokens.
+    key is its value; other positions are -100; unqueried slots hold random tokens other than the keys.
     """
     L, k, V = seq_len, num_kv_pairs, vocab_size
     if 4 * k > L:
@@ -44,6 +44,9 @@ def make_mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: in
     gaps = np.arange(1, slots + 1, dtype=np.float64)
     chosen = _topk_without_replacement(rng, (power_a - 1) * np.log(gaps), n, k)  # p(g) ∝ g^(a-1)
     seq = rng.integers(0, V, size=(n, L))
+    # Filler never repeats one of the example's keys: with a small vocabulary such repeats are frequent and
+    # make the query ambiguous (Zoology's vocabulary of 8192 avoids them by size alone). 0 is never a key.
+    seq[(seq[:, :, None] == keys[:, None, :]).any(-1)] = 0
     seq[:, 0:2 * k:2] = keys
     seq[:, 1:2 * k:2] = values
     rows = np.arange(n)[:, None]

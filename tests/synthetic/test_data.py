@@ -59,3 +59,12 @@ def test_data_make_writes_files_the_task_reads(tmp_path, run_cli):
     assert torch.equal(dm.splits["train"].tensors[0], expected["inputs"])
     again = run_cli("data", "make", "mqar", "out", cwd=tmp_path)
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_mqar_keys_appear_only_where_bound_or_queried():
+    d = make_mqar(100, seq_len=32, num_kv_pairs=4, vocab_size=16, seed=3)
+    x, y = d["inputs"], d["labels"]
+    for i in range(100):
+        keys = set(x[i, 0:8:2].tolist())
+        at = {p for p in range(32) if int(x[i, p]) in keys}
+        assert at == set(range(0, 8, 2)) | set((y[i] != IGNORE).nonzero().flatten().tolist())
