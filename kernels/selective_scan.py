@@ -1,0 +1,736 @@
+"""Selective scan (the Mamba-1 SSM) with a D skip and a z gate, plus its one-token decoding step.
+
+Shapes in letters: B batch, D channels, L sequence length, N state size, G groups of B/C (G divides D).
+
+    u, delta, z    [B, D, L]                  input, step size (before bias/softplus), gate
+    A              [D, N]                     real decay rates (negative for a stable scan)
+    B, C           [B, N, L] or [B, G, N, L]  input/output projections; channel d uses group d // (D // G)
+    D, delta_bias  [D]                        skip weight, step-size bias
+    out            [B, D, L]                  in u's dtype
+    last_state     [B, D, N]                  float32 (float64 when any input is float64)
+
+With dt = softplus(delta + delta_bias) (bias and softplus optional), per channel d and state n:
+
+    h[t] = exp(dt[t] * A[d, n]) * h[t-1] + dt[t] * B[t, n] * u[t],   h[-1] = 0
+    y[t] = sum_n C[t, n] * h[t, n] + D[d] * u[t]
+    out[t] = y[t] * silu(z[t])
+
+The argument order and meaning follow ``selective_scan_fn`` of state-spaces/mamba, so either can be used.
+Unlike it, ``last_state`` here is differentiable: a cotangent on it flows back to every input.
+Everything is accumulated in float32 (float64 when any input is float64); gradients come back in the
+dtype of their input.
+
+Decoding: ``selective_state_update(state, x, dt, A, B, C, ...)`` advances ``state`` [B, D, N] in place by
+one token (x, dt, z: [B, D]; B, C: [B, N] or [B, G, N]) and returns y [B, D]; stepping through a
+sequence from a zero state reproduces ``selective_scan``.
+
+Paths (``impl=``): "ref" loops over L in plain PyTorch (the ground truth, autograd through the loop);
+"torch" is a chunked two-level scan with a hand-written backward that recomputes states block by block,
+so memory stays at O(block) instead of [B, D, L, N]; "triton" runs one program per (batch row, block of
+channels) that walks L with the state in registers, saving the state at chunk boundaries; its backward
+kernel replays each chunk from its saved state and walks it in reverse.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._dispatch import check_float, check_tensor, pick_impl, shape_str, triton_importable
+
+if triton_importable():
+    import triton
+    import triton.language as tl
+else:  # the module stays importable; impl="triton" is refused by pick_impl
+    from types import SimpleNamespace
+
+    triton = SimpleNamespace(jit=lambda fn: fn)
+    tl = SimpleNamespace(constexpr=None)
+
+__all__ = [
+    "selective_scan",
+    "selective_scan_ref",
+    "selective_scan_torch",
+    "selective_state_update",
+    "selective_state_update_ref",
+]
+
+
+def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 when any input is float64, else float32 (half-precision inputs are upcast)."""
+    wide = any(t is not None and t.dtype == torch.float64 for t in tensors)
+    return torch.float64 if wide else torch.float32
+
+
+def _step_size(delta, delta_bias, delta_softplus, dtype):
+    """dt = softplus(delta + delta_bias) in ``dtype``; bias and softplus optional. delta: [B, D, ...]."""
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype).view(-1, *([1] * (dt.dim() - 2)))
+    return F.softplus(dt) if delta_softplus else dt
+
+
+def _common_groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B and C as [B, G, N, L] with one G for both (their lcm when the two are grouped differently)."""
+    B = B.unsqueeze(1) if B.dim() == 3 else B
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    G = math.lcm(B.shape[1], C.shape[1])
+    if B.shape[1] != G:
+        B = B.repeat_interleave(G // B.shape[1], dim=1)
+    if C.shape[1] != G:
+        C = C.repeat_interleave(G // C.shape[1], dim=1)
+    return B, C
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reference: one step per position, readable, float64 capable.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """Ground truth: the recurrence of the module docstring, one position at a time.
+
+    u, delta, z: [B, D, L]; A: [D, N]; B, C: [B, N, L] or [B, G, N, L]; D, delta_bias: [D].
+    Returns out [B, D, L] (u's dtype), and last_state [B, D, N] (float32/float64) when asked.
+    """
+    cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    dim = u.shape[1]
+    dt = _step_size(delta, delta_bias, delta_softplus, cdt)
+    x = dt * u.to(cdt)  # [B, D, L]
+    A = A.to(cdt)
+    # every channel gets its group's B and C: [B, D, N, L]
+    B = (B.unsqueeze(1) if B.dim() == 3 else B).to(cdt)
+    C = (C.unsqueeze(1) if C.dim() == 3 else C).to(cdt)
+    B = B.repeat_interleave(dim // B.shape[1], dim=1)
+    C = C.repeat_interleave(dim // C.shape[1], dim=1)
+    h = u.new_zeros(u.shape[0], dim, A.shape[1], dtype=cdt)  # [B, D, N]
+    ys = []
+    # unbind (not indexing) keeps the backward linear in L
+    for dt_t, x_t, B_t, C_t in zip(dt.unbind(-1), x.unbind(-1), B.unbind(-1), C.unbind(-1)):
+        h = torch.exp(dt_t[..., None] * A) * h + x_t[..., None] * B_t
+        ys.append((h * C_t).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.to(cdt)[:, None] * u.to(cdt)
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    out = y.to(u.dtype)
+    return (out, h) if return_last_state else out
+
+
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decoding step: state [B, D, N] is advanced in place; x, dt, z: [B, D]; B, C: [B, N] or [B, G, N].
+
+    Returns y [B, D] in x's dtype. Equals one position of ``selective_scan_ref`` (docstring recurrence).
+    """
+    cdt = _compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    dim = x.shape[1]
+    dt = _step_size(dt, dt_bias, dt_softplus, cdt)  # [B, D]
+    B = (B.unsqueeze(1) if B.dim() == 2 else B).to(cdt)
+    C = (C.unsqueeze(1) if C.dim() == 2 else C).to(cdt)
+    B = B.repeat_interleave(dim // B.shape[1], dim=1)  # [B, D, N]
+    C = C.repeat_interleave(dim // C.shape[1], dim=1)
+    h = torch.exp(dt[..., None] * A.to(cdt)) * state.to(cdt) + (dt * x.to(cdt))[..., None] * B
+    state.copy_(h)
+    y = (h * C).sum(-1)
+    if D is not None:
+        y = y + D.to(cdt) * x.to(cdt)
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    return y.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Vectorized CPU path: a two-level scan over blocks of the sequence, with a hand-written backward.
+#
+# Inside the core everything is "time-major per group": per-position tensors are [B, G, L, Dg] and the
+# state-sized ones [B, G, L, N, Dg] (Dg = D // G), so the slice for one position is a contiguous
+# [N, Dg] tile and elementwise ops run along the long Dg axis. A block of Lb positions is cut into nC
+# chunks of T positions. All chunks of a block are scanned at once, one position at a time (T steps),
+# starting from zero; a loop over the nC chunks carries the state across chunk boundaries, and a second
+# pass over the T positions rescans every chunk from its true start state. Decays only ever multiply
+# states (exp(A * sum dt) <= 1 for a decaying scan, never its inverse), so nothing overflows whatever
+# dt * A is.
+# ----------------------------------------------------------------------------------------------------------
+
+_TORCH_CHUNK = 16  # T: positions per chunk (the sequential part of each block)
+_TORCH_BLOCK = 128  # Lb: positions per block (bounds memory at a few [B, D, Lb, N] tensors)
+
+
+def _chunk_decay(dt, A5, T, skip_first=False):
+    """Decay across each whole chunk: prod of a = exp(dt * A) over its T positions (the first one skipped
+    when ``skip_first``) = exp(A * sum of dt). dt: [B, G, Lb, Dg]; A5: [1, G, 1, N, Dg] -> [B, G, nC, N, Dg].
+    """
+    Bs, G, Lb, Dg = dt.shape
+    dt4 = dt.view(Bs, G, Lb // T, T, Dg)
+    S = (dt4[:, :, :, 1:] if skip_first else dt4).sum(3)
+    return torch.mul(S.unsqueeze(-2), A5).exp_()
+
+
+def _scan_block(a, b, h0, dt, A5, T, out):
+    """h[t] = a[t] * h[t-1] + b[t] over a block; a, b: [B, G, Lb, N, Dg] with T | Lb; h0: [B, G, N, Dg].
+
+    dt: [B, G, Lb, Dg] with a = exp(dt * A). Writes h into ``out`` (b's shape); returns the final state.
+    Pass 1 scans every chunk from zero at once, keeping only its end state; the chunk-to-chunk loop then
+    gives each chunk's true start state, and pass 2 rescans all chunks from those, writing h.
+    """
+    Bs, G, Lb, N, Dg = b.shape
+    nC = Lb // T
+    a6, b6 = a.view(Bs, G, nC, T, N, Dg), b.view(Bs, G, nC, T, N, Dg)
+    end = b6[:, :, :, 0].clone()  # [B, G, nC, N, Dg]
+    for t in range(1, T):
+        torch.addcmul(b6[:, :, :, t], a6[:, :, :, t], end, out=end)
+    decay = _chunk_decay(dt, A5, T)
+    start = end.new_empty(Bs, G, nC + 1, N, Dg)  # start[c]: state entering chunk c; [nC]: after the block
+    start[:, :, 0] = h0
+    for c in range(nC):
+        torch.addcmul(end[:, :, c], decay[:, :, c], start[:, :, c], out=start[:, :, c + 1])
+    hc, start = start[:, :, nC], start[:, :, :nC]
+    h = out.view(Bs, G, nC, T, N, Dg)
+    torch.addcmul(b6[:, :, :, 0], a6[:, :, :, 0], start, out=h[:, :, :, 0])
+    for t in range(1, T):
+        torch.addcmul(b6[:, :, :, t], a6[:, :, :, t], h[:, :, :, t - 1], out=h[:, :, :, t])
+    return hc
+
+
+def _scan_block_reverse(a, s, q0, dt, A5, T, out):
+    """g[t] = s[t] + a[t+1] * g[t+1] over a block, where a[Lb] * g[Lb] := q0 (the carry from the right).
+
+    a, s: [B, G, Lb, N, Dg] with T | Lb; q0: [B, G, N, Dg]; dt as in ``_scan_block``, and the same two
+    passes run right to left. Writes g into ``out``; returns a[0] * g[0] (the carry leftward).
+    """
+    Bs, G, Lb, N, Dg = s.shape
+    nC = Lb // T
+    a6, s6 = a.view(Bs, G, nC, T, N, Dg), s.view(Bs, G, nC, T, N, Dg)
+    first = s6[:, :, :, T - 1].clone()  # [B, G, nC, N, Dg]: g at each chunk's first position, from zero
+    for t in range(T - 2, -1, -1):
+        torch.addcmul(s6[:, :, :, t], a6[:, :, :, t + 1], first, out=first)
+    decay = _chunk_decay(dt, A5, T, skip_first=True)  # a[1] * ... * a[T-1] of each chunk
+    # into[c + 1]: a * g at the first position of the chunk right of chunk c; into[0]: the carry leftward
+    into = first.new_empty(Bs, G, nC + 1, N, Dg)
+    into[:, :, nC] = q0
+    g0 = torch.empty_like(first[:, :, 0])
+    for c in range(nC - 1, -1, -1):
+        torch.addcmul(first[:, :, c], decay[:, :, c], into[:, :, c + 1], out=g0)
+        torch.mul(a6[:, :, c, 0], g0, out=into[:, :, c])
+    q, into = into[:, :, 0], into[:, :, 1:]
+    g = out.view(Bs, G, nC, T, N, Dg)
+    torch.add(s6[:, :, :, T - 1], into, out=g[:, :, :, T - 1])
+    for t in range(T - 2, -1, -1):
+        torch.addcmul(s6[:, :, :, t], a6[:, :, :, t + 1], g[:, :, :, t + 1], out=g[:, :, :, t])
+    return q
+
+
+def _block_inputs(dt, x, A5, Bt, l0, l1, a, b):
+    """Write a = exp(dt * A) and b = dt * u * B for positions l0:l1 into a, b: [B, G, Lb, N, Dg]."""
+    torch.mul(dt[:, :, l0:l1, None, :], A5, out=a).exp_()
+    torch.mul(x[:, :, l0:l1, None, :], Bt[:, :, l0:l1, :, None], out=b)
+
+
+def _workspace(ref, count, shape):
+    """``count`` scratch tensors for blocks of up to ``shape``; allocated once per call, since touching fresh
+    memory for every block costs more than the arithmetic. Returns a function giving views for a block."""
+    buf = ref.new_empty(count, math.prod(shape))
+
+    def views(lb):
+        block = (*shape[:2], lb, *shape[3:])
+        return [buf[i, : math.prod(block)].view(block) for i in range(count)]
+
+    return views
+
+
+class _SelectiveScanTorchFn(torch.autograd.Function):
+    """Core scan y[t] = <C[t], h[t]>: u, dt [B, D, L], A [D, N], B, C [B, G, N, L] -> y [B, D, L], h [B, D, N]
+
+    All inputs share one float dtype. Saves only the inputs and the state at each block boundary.
+    """
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C):
+        Bs, dim, L = u.shape
+        G, N = B.shape[1], B.shape[2]
+        Dg = dim // G
+        T = min(_TORCH_CHUNK, L)
+        Lp = -(-L // T) * T
+        Lb = max(T, _TORCH_BLOCK // T * T)
+
+        def time_major(t, last):  # [B, G * last, L] or [B, G, last, L] -> [B, G, Lp, last], zero-padded
+            out = t.new_zeros(Bs, G, Lp, last)
+            out[:, :, :L] = t.reshape(Bs, G, last, L).transpose(2, 3)
+            return out
+
+        # padded positions have dt = 0: a = 1, b = 0, so they leave the state alone
+        u_t, dt_t = time_major(u, Dg), time_major(dt, Dg)
+        x_t = u_t * dt_t
+        B_t, C_t = time_major(B, N), time_major(C, N)
+        A5 = A.view(G, Dg, N).transpose(1, 2).contiguous().view(1, G, 1, N, Dg)
+        y = u.new_empty(Bs, G, Lp, Dg)
+        h = u.new_zeros(Bs, G, N, Dg)
+        states = []
+        work = _workspace(u, 3, (Bs, G, min(Lb, Lp), N, Dg))
+        for l0 in range(0, Lp, Lb):
+            l1 = min(l0 + Lb, Lp)
+            states.append(h)
+            a, b, hs = work(l1 - l0)
+            _block_inputs(dt_t, x_t, A5, B_t, l0, l1, a, b)
+            h = _scan_block(a, b, h, dt_t[:, :, l0:l1], A5, T, out=hs)
+            torch.matmul(C_t[:, :, l0:l1, None, :], hs, out=y[:, :, l0:l1, None, :])
+        ctx.save_for_backward(u_t, dt_t, A, B_t, C_t, torch.stack(states))
+        ctx.dims = (L, T, Lb)
+        y = y[:, :, :L].transpose(2, 3).reshape(Bs, dim, L)
+        return y, h.transpose(2, 3).reshape(Bs, dim, N)
+
+    @staticmethod
+    def backward(ctx, dy, dh_last):
+        u_t, dt_t, A, B_t, C_t, states = ctx.saved_tensors
+        L, T, Lb = ctx.dims
+        Bs, G, Lp, Dg = u_t.shape
+        N = A.shape[1]
+        dy_t = u_t.new_zeros(Bs, G, Lp, Dg)
+        if dy is not None:
+            dy_t[:, :, :L] = dy.reshape(Bs, G, Dg, L).transpose(2, 3)
+        q = u_t.new_zeros(Bs, G, N, Dg)
+        if dh_last is not None:
+            q.copy_(dh_last.reshape(Bs, G, Dg, N).transpose(2, 3))
+        x_t = u_t * dt_t
+        A5 = A.view(G, Dg, N).transpose(1, 2).contiguous().view(1, G, 1, N, Dg)
+        dx, ddt = torch.empty_like(u_t), torch.empty_like(u_t)  # [B, G, Lp, Dg]
+        dB, dC = torch.empty_like(B_t), torch.empty_like(C_t)  # [B, G, Lp, N]
+        dA = torch.zeros_like(A5)
+        starts = list(range(0, Lp, Lb))
+        work = _workspace(u_t, 5, (Bs, G, min(Lb, Lp), N, Dg))
+        for i in range(len(starts) - 1, -1, -1):
+            l0, l1 = starts[i], min(starts[i] + Lb, Lp)
+            a, b, h, s, g = work(l1 - l0)
+            _block_inputs(dt_t, x_t, A5, B_t, l0, l1, a, b)
+            _scan_block(a, b, states[i], dt_t[:, :, l0:l1], A5, T, out=h)
+            dC[:, :, l0:l1] = torch.einsum("bglnd,bgld->bgln", h, dy_t[:, :, l0:l1])
+            torch.mul(C_t[:, :, l0:l1, :, None], dy_t[:, :, l0:l1, None, :], out=s)  # dy[t] * dy[t]/dh[t]
+            q = _scan_block_reverse(a, s, q, dt_t[:, :, l0:l1], A5, T, out=g)  # g[t] = d loss / d h[t]
+            torch.matmul(B_t[:, :, l0:l1, None, :], g, out=dx[:, :, l0:l1, None, :])
+            dB[:, :, l0:l1] = torch.einsum("bglnd,bgld->bgln", g, x_t[:, :, l0:l1])
+            # d/d(dt * A) = g[t] * a[t] * h[t-1], into b's buffer (h[t] - b[t] would cancel when a[t] ~ 0)
+            torch.mul(a[:, :, 1:], h[:, :, :-1], out=b[:, :, 1:])
+            torch.mul(a[:, :, 0], states[i], out=b[:, :, 0])
+            dlog_a = b.mul_(g)
+            torch.sum(torch.mul(dlog_a, A5, out=s), dim=-2, out=ddt[:, :, l0:l1])
+            dA += torch.mul(dlog_a, dt_t[:, :, l0:l1, None, :], out=s).sum(dim=(0, 2), keepdim=True)
+        ddt.addcmul_(dx, u_t)
+        du = dx.mul_(dt_t)
+
+        def channel_major(t, last):  # [B, G, Lp, last] -> [B, G*last, L]
+            return t[:, :, :L].transpose(2, 3).reshape(Bs, G * last, L)
+
+        dA = dA.view(G, N, Dg).transpose(1, 2).reshape(G * Dg, N)
+        return (channel_major(du, Dg), channel_major(ddt, Dg), dA,
+                channel_major(dB, N).view(Bs, G, N, L), channel_major(dC, N).view(Bs, G, N, L))
+
+
+def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False):
+    """Vectorized CPU path (any device works): same arguments and returns as ``selective_scan_ref``.
+
+    The sequence is processed in blocks of ``_TORCH_BLOCK`` positions, each cut into chunks of
+    ``_TORCH_CHUNK``: Python loops run over the positions of a chunk (all chunks at once) and over the chunks
+    of a block, never over L. The backward replays each block from its saved start state, so memory is a
+    few [B, D, block, N] tensors, and it is hand-written (first-order gradients only).
+    """
+    cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    dt = _step_size(delta, delta_bias, delta_softplus, cdt)
+    Bg, Cg = _common_groups(B, C)
+    uc = u.to(cdt)
+    y, last_state = _SelectiveScanTorchFn.apply(uc, dt, A.to(cdt), Bg.to(cdt), Cg.to(cdt))
+    if D is not None:
+        y = y + D.to(cdt)[:, None] * uc
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    out = y.to(u.dtype)
+    return (out, last_state) if return_last_state else out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels. One program owns BLOCK_D channels of one batch row (all in one group, since BLOCK_D
+# divides D // G) and walks L with the [BLOCK_D, BLOCK_N] state in registers. Tensors are contiguous.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _softplus(x):
+    e = tl.exp(x)
+    w = 1.0 + e
+    # log1p(e) without cancellation for small e; identity above 20 as in F.softplus
+    lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+    u, delta, A, B, C, D, z, delta_bias, out, last_state, chunk_states,
+    L, DIM, N, DG, NCHUNK,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    i_d, i_b = tl.program_id(0), tl.program_id(1)
+    G = DIM // DG
+    i_g = (i_d * BLOCK_D) // DG
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    m_dn = (o_d[:, None] < DIM) & m_n[None, :]
+    b_A = tl.load(A + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0).to(ACC)
+    if HAS_D:
+        b_D = tl.load(D + o_d).to(ACC)
+    if HAS_BIAS:
+        b_bias = tl.load(delta_bias + o_d).to(ACC)
+    p_row = (i_b * DIM + o_d) * L  # [BLOCK_D]: offsets of position 0 in u, delta, z, out
+    p_bc = (i_b * G + i_g) * N * L + o_n * L  # [BLOCK_N]: offsets of position 0 in B, C
+    p_state = ((i_b * DIM + o_d[:, None]) * NCHUNK) * N + o_n[None, :]
+    b_h = tl.zeros([BLOCK_D, BLOCK_N], dtype=ACC)
+    i_c = 0
+    while i_c < NCHUNK:  # a while loop: the interpreter cannot range() over a runtime int
+        tl.store(chunk_states + p_state + i_c * N, b_h, mask=m_dn)
+        for i_i in range(CHUNK):
+            i_t = i_c * CHUNK + i_i
+            m_t = i_t < L
+            b_u = tl.load(u + p_row + i_t, mask=m_t, other=0).to(ACC)
+            b_dt = tl.load(delta + p_row + i_t, mask=m_t, other=0).to(ACC)
+            if HAS_BIAS:
+                b_dt += b_bias
+            if SOFTPLUS:
+                b_dt = _softplus(b_dt)
+            b_dt = tl.where(m_t, b_dt, 0.0)  # positions past L keep the state (a = 1, b = 0)
+            b_B = tl.load(B + p_bc + i_t, mask=m_n & m_t, other=0).to(ACC)
+            b_C = tl.load(C + p_bc + i_t, mask=m_n & m_t, other=0).to(ACC)
+            b_h = tl.exp(b_dt[:, None] * b_A) * b_h + (b_dt * b_u)[:, None] * b_B[None, :]
+            b_y = tl.sum(b_h * b_C[None, :], axis=1)
+            if HAS_D:
+                b_y += b_D * b_u
+            if HAS_Z:
+                b_z = tl.load(z + p_row + i_t, mask=m_t, other=0).to(ACC)
+                b_y *= b_z * tl.sigmoid(b_z)
+            tl.store(out + p_row + i_t, b_y.to(out.dtype.element_ty), mask=m_t)
+        i_c += 1
+    tl.store(last_state + (i_b * DIM + o_d[:, None]) * N + o_n[None, :], b_h, mask=m_dn)
+
+
+@triton.jit
+def _selective_scan_bwd_kernel(
+    u, delta, A, B, C, D, z, delta_bias, dout, dlast, chunk_states, scratch,
+    du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part,
+    L, DIM, N, DG, NCHUNK,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DLAST: tl.constexpr, ACC: tl.constexpr,
+):
+    i_d, i_b = tl.program_id(0), tl.program_id(1)
+    n_db = DIM // BLOCK_D
+    G = DIM // DG
+    i_g = (i_d * BLOCK_D) // DG
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    m_dn = (o_d[:, None] < DIM) & m_n[None, :]
+    b_A = tl.load(A + o_d[:, None] * N + o_n[None, :], mask=m_dn, other=0).to(ACC)
+    if HAS_D:
+        b_D = tl.load(D + o_d).to(ACC)
+    if HAS_BIAS:
+        b_bias = tl.load(delta_bias + o_d).to(ACC)
+    p_row = (i_b * DIM + o_d) * L
+    p_bc = (i_b * G + i_g) * N * L + o_n * L
+    p_part = (i_b * n_db + i_d) * N * L + o_n * L  # [BLOCK_N]: this block's rows of dB_part / dC_part
+    p_state = ((i_b * DIM + o_d[:, None]) * NCHUNK) * N + o_n[None, :]
+    p_scr = (scratch + (i_b * n_db + i_d) * CHUNK * BLOCK_D * BLOCK_N
+             + tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + o_n[None, :])
+    # b_q = a[t+1] * g[t+1]: what the future sends back to position t (starts as d last_state)
+    if HAS_DLAST:
+        b_q = tl.load(dlast + (i_b * DIM + o_d[:, None]) * N + o_n[None, :], mask=m_dn, other=0).to(ACC)
+    else:
+        b_q = tl.zeros([BLOCK_D, BLOCK_N], dtype=ACC)
+    b_dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=ACC)
+    b_dD = tl.zeros([BLOCK_D], dtype=ACC)
+    b_dbias = tl.zeros([BLOCK_D], dtype=ACC)
+    i_c = NCHUNK - 1
+    while i_c >= 0:
+        # replay the chunk from its saved state, keeping h[t-1] for every position in scratch
+        b_h = tl.load(chunk_states + p_state + i_c * N, mask=m_dn, other=0).to(ACC)
+        for i_i in range(CHUNK):
+            i_t = i_c * CHUNK + i_i
+            m_t = i_t < L
+            tl.store(p_scr + i_i * BLOCK_D * BLOCK_N, b_h)
+            b_u = tl.load(u + p_row + i_t, mask=m_t, other=0).to(ACC)
+            b_dt = tl.load(delta + p_row + i_t, mask=m_t, other=0).to(ACC)
+            if HAS_BIAS:
+                b_dt += b_bias
+            if SOFTPLUS:
+                b_dt = _softplus(b_dt)
+            b_dt = tl.where(m_t, b_dt, 0.0)
+            b_B = tl.load(B + p_bc + i_t, mask=m_n & m_t, other=0).to(ACC)
+            b_h = tl.exp(b_dt[:, None] * b_A) * b_h + (b_dt * b_u)[:, None] * b_B[None, :]
+        tl.debug_barrier()
+        # walk the chunk backwards
+        for i_ii in range(CHUNK):
+            i_i = CHUNK - 1 - i_ii
+            i_t = i_c * CHUNK + i_i
+            m_t = i_t < L
+            b_hp = tl.load(p_scr + i_i * BLOCK_D * BLOCK_N)
+            b_u = tl.load(u + p_row + i_t, mask=m_t, other=0).to(ACC)
+            b_raw = tl.load(delta + p_row + i_t, mask=m_t, other=0).to(ACC)
+            if HAS_BIAS:
+                b_raw += b_bias
+            b_dt = b_raw
+            if SOFTPLUS:
+                b_dt = _softplus(b_raw)
+            b_dt = tl.where(m_t, b_dt, 0.0)
+            b_B = tl.load(B + p_bc + i_t, mask=m_n & m_t, other=0).to(ACC)
+            b_C = tl.load(C + p_bc + i_t, mask=m_n & m_t, other=0).to(ACC)
+            b_do = tl.load(dout + p_row + i_t, mask=m_t, other=0).to(ACC)
+            b_a = tl.exp(b_dt[:, None] * b_A)
+            b_h = b_a * b_hp + (b_dt * b_u)[:, None] * b_B[None, :]
+            b_du = tl.zeros([BLOCK_D], dtype=ACC)
+            if HAS_Z:
+                b_y = tl.sum(b_h * b_C[None, :], axis=1)
+                if HAS_D:
+                    b_y += b_D * b_u
+                b_z = tl.load(z + p_row + i_t, mask=m_t, other=0).to(ACC)
+                b_sig = tl.sigmoid(b_z)
+                b_dz = b_do * b_y * b_sig * (1.0 + b_z * (1.0 - b_sig))
+                tl.store(dz + p_row + i_t, b_dz.to(dz.dtype.element_ty), mask=m_t)
+                b_do = b_do * b_z * b_sig  # now d(y + D u)
+            if HAS_D:
+                b_dD += b_do * b_u
+                b_du += b_do * b_D
+            b_g = b_q + b_do[:, None] * b_C[None, :]  # dL/dh[t]
+            tl.store(dC_part + p_part + i_t, tl.sum(b_do[:, None] * b_h, axis=0), mask=m_n & m_t)
+            tl.store(dB_part + p_part + i_t, tl.sum(b_g * (b_dt * b_u)[:, None], axis=0), mask=m_n & m_t)
+            b_dx = tl.sum(b_g * b_B[None, :], axis=1)  # d(dt * u)
+            b_dl = b_g * b_a * b_hp  # d(dt * A)
+            b_dA += b_dl * b_dt[:, None]
+            b_ddt = tl.sum(b_dl * b_A, axis=1) + b_dx * b_u
+            b_du += b_dx * b_dt
+            if SOFTPLUS:
+                b_ddt = tl.where(b_raw > 20.0, b_ddt, b_ddt * tl.sigmoid(b_raw))
+            b_ddt = tl.where(m_t, b_ddt, 0.0)
+            if HAS_BIAS:
+                b_dbias += b_ddt
+            tl.store(du + p_row + i_t, b_du.to(du.dtype.element_ty), mask=m_t)
+            tl.store(ddelta + p_row + i_t, b_ddt.to(ddelta.dtype.element_ty), mask=m_t)
+            b_q = b_a * b_g
+        tl.debug_barrier()
+        i_c -= 1
+    tl.store(dA_part + (i_b * DIM + o_d[:, None]) * N + o_n[None, :], b_dA, mask=m_dn)
+    if HAS_D:
+        tl.store(dD_part + i_b * DIM + o_d, b_dD)
+    if HAS_BIAS:
+        tl.store(dbias_part + i_b * DIM + o_d, b_dbias)
+
+
+_TRITON_CHUNK = 64  # positions between saved states (forward) = positions replayed at once (backward)
+
+
+def _triton_config(u, B, L, N):
+    """(BLOCK_D, BLOCK_N, CHUNK, NCHUNK); BLOCK_D divides D // G, so a block of channels is in one group."""
+    dim, G = u.shape[1], B.shape[1]
+    dg = dim // G
+    block_d = 1
+    while block_d < 16 and dg % (block_d * 2) == 0:
+        block_d *= 2
+    chunk = min(_TRITON_CHUNK, triton.next_power_of_2(L))
+    return block_d, triton.next_power_of_2(N), chunk, triton.cdiv(L, chunk)
+
+
+def _acc_dtype(*tensors):
+    return tl.float64 if _compute_dtype(*tensors) == torch.float64 else tl.float32
+
+
+def _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """Forward kernel: out [B, D, L] (u's dtype), last_state [B, D, N], chunk_states [B, D, NCHUNK, N]."""
+    Bs, dim, L = u.shape
+    N = A.shape[1]
+    cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    block_d, block_n, chunk, nchunk = _triton_config(u, B, L, N)
+    out = torch.empty_like(u)
+    last_state = u.new_empty(Bs, dim, N, dtype=cdt)
+    chunk_states = u.new_empty(Bs, dim, nchunk, N, dtype=cdt)
+    _selective_scan_fwd_kernel[(dim // block_d, Bs)](
+        u, delta, A, B, C, D, z, delta_bias, out, last_state, chunk_states,
+        L, dim, N, dim // B.shape[1], nchunk,
+        CHUNK=chunk, BLOCK_D=block_d, BLOCK_N=block_n,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        ACC=_acc_dtype(u, delta, A, B, C, D, z, delta_bias),
+    )
+    return out, last_state, chunk_states
+
+
+def _selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast):
+    """Launch the backward kernel; returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (input dtypes)."""
+    Bs, dim, L = u.shape
+    G, N = B.shape[1], A.shape[1]
+    cdt = chunk_states.dtype
+    block_d, block_n, chunk, nchunk = _triton_config(u, B, L, N)
+    n_db = dim // block_d
+    scratch = u.new_empty(Bs, n_db, chunk, block_d, block_n, dtype=cdt)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dA_part = u.new_empty(Bs, dim, N, dtype=cdt)
+    dB_part = u.new_empty(Bs, n_db, N, L, dtype=cdt)
+    dC_part = u.new_empty(Bs, n_db, N, L, dtype=cdt)
+    dD_part = u.new_empty(Bs, dim, dtype=cdt) if D is not None else None
+    dbias_part = u.new_empty(Bs, dim, dtype=cdt) if delta_bias is not None else None
+    _selective_scan_bwd_kernel[(n_db, Bs)](
+        u, delta, A, B, C, D, z, delta_bias, dout, dlast, chunk_states, scratch,
+        du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part,
+        L, dim, N, dim // G, nchunk,
+        CHUNK=chunk, BLOCK_D=block_d, BLOCK_N=block_n,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_DLAST=dlast is not None, ACC=_acc_dtype(chunk_states),
+    )
+    # sum the per-block partials of each group, and the per-row partials of the parameters
+    dB = dB_part.view(Bs, G, n_db // G, N, L).sum(2).to(B.dtype)
+    dC = dC_part.view(Bs, G, n_db // G, N, L).sum(2).to(C.dtype)
+    dA = dA_part.sum(0).to(A.dtype)
+    dD = dD_part.sum(0).to(D.dtype) if D is not None else None
+    ddelta_bias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+    return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autograd Function around the Triton kernels.
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _SelectiveScanTritonFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+        D, z, delta_bias = (t.contiguous() if t is not None else None for t in (D, z, delta_bias))
+        out, last_state, chunk_states = _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias,
+                                                            delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states)
+        ctx.delta_softplus = delta_softplus
+        return out, last_state
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(u)
+        dlast = dlast.contiguous() if dlast is not None else None
+        grads = _selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, chunk_states,
+                                    dout.contiguous(), dlast)
+        return (*grads, None)
+
+
+def _selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False):
+    Bg, Cg = _common_groups(B, C)
+    out, last_state = _SelectiveScanTritonFn.apply(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus)
+    return (out, last_state) if return_last_state else out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public functions.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_groups(name, t, batch, N, L, dim, per_position_letters):
+    """t must be [B, N, *L] or [B, G, N, *L] with G dividing D."""
+    tail = (N,) + ((L,) if L is not None else ())
+    plain, grouped = (batch, *tail), (batch, None, *tail)
+    if t.dim() == len(plain):
+        check_tensor(name, t, plain, per_position_letters[0])
+    else:
+        check_tensor(name, t, grouped, per_position_letters[1])
+        if t.shape[1] == 0 or dim % t.shape[1] != 0:
+            raise ValueError(f"{name} has G={t.shape[1]} groups, which must divide D={dim} "
+                             f"({name} is {per_position_letters[1]}, got {shape_str(t)})")
+    check_float(name, t)
+
+
+def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias):
+    check_tensor("u", u, (None, None, None), "[B, D, L]")
+    batch, dim, L = u.shape
+    if L == 0:
+        raise ValueError(f"u must be [B, D, L] with L >= 1, got {shape_str(u)}")
+    check_tensor("delta", delta, (batch, dim, L), "[B, D, L]")
+    check_tensor("A", A, (dim, None), "[D, N]")
+    if A.is_complex():
+        raise ValueError(f"A must be real (complex A is not supported), got {A.dtype}")
+    N = A.shape[1]
+    _check_groups("B", B, batch, N, L, dim, ("[B, N, L]", "[B, G, N, L]"))
+    _check_groups("C", C, batch, N, L, dim, ("[B, N, L]", "[B, G, N, L]"))
+    for name, t, shape, letters in (("D", D, (dim,), "[D]"), ("z", z, (batch, dim, L), "[B, D, L]"),
+                                    ("delta_bias", delta_bias, (dim,), "[D]")):
+        if t is not None:
+            check_tensor(name, t, shape, letters)
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("D", D), ("z", z), ("delta_bias", delta_bias)):
+        if t is not None:
+            check_float(name, t)
+    for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias)):
+        if t is not None and t.device != u.device:
+            raise ValueError(f"{name} must be on u's device ({u.device}), got {t.device}")
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, impl=None):
+    """Selective scan of Mamba-1: the recurrence of the module docstring, batched over B and D.
+
+    Args:
+        u: [B, D, L] input. delta: [B, D, L] step size before bias and softplus.
+        A: [D, N] real decay rates (negative for a decaying state).
+        B, C: [B, N, L], or [B, G, N, L] with G dividing D (channel d uses group d // (D // G)).
+        D: optional [D] skip weight. z: optional [B, D, L] gate (out * silu(z)).
+        delta_bias: optional [D], added to delta. delta_softplus: apply softplus to the step size.
+        return_last_state: also return the state after position L-1.
+        impl: "ref", "torch", "triton" or None (Triton on CUDA, torch elsewhere).
+
+    Returns:
+        out [B, D, L] in u's dtype; with ``return_last_state`` the pair (out, last_state), last_state
+        [B, D, N] in float32 (float64 when any input is float64). last_state is differentiable.
+
+    Example:
+        >>> u, delta = torch.randn(2, 64, 100), torch.rand(2, 64, 100)
+        >>> A, B, C = -torch.rand(64, 16), torch.randn(2, 16, 100), torch.randn(2, 16, 100)
+        >>> out, h = selective_scan(u, delta, A, B, C, return_last_state=True)
+        >>> out.shape, h.shape
+        (torch.Size([2, 64, 100]), torch.Size([2, 64, 16]))
+    """
+    _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    impl = pick_impl("selective_scan", impl, u.device)
+    fn = {"ref": selective_scan_ref, "torch": selective_scan_torch, "triton": _selective_scan_triton}[impl]
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *,
+                           impl=None):
+    """Advance ``state`` [B, D, N] in place by one token and return y [B, D] in x's dtype.
+
+    Args:
+        state: [B, D, N] SSM state (any float dtype; kept in its dtype). x, dt, z: [B, D].
+        A: [D, N]. B, C: [B, N] or [B, G, N] with G dividing D. D, dt_bias: [D].
+        dt_softplus: apply softplus to dt + dt_bias. impl: as for ``selective_scan``.
+
+    One step is a handful of elementwise ops on [B, D, N], so every ``impl`` runs the same PyTorch code.
+    Stepping from a zero state through x[..., t] reproduces ``selective_scan`` position by position.
+    """
+    check_tensor("state", state, (None, None, None), "[B, D, N]")
+    batch, dim, N = state.shape
+    check_tensor("x", x, (batch, dim), "[B, D]")
+    check_tensor("dt", dt, (batch, dim), "[B, D]")
+    check_tensor("A", A, (dim, N), "[D, N]")
+    _check_groups("B", B, batch, N, None, dim, ("[B, N]", "[B, G, N]"))
+    _check_groups("C", C, batch, N, None, dim, ("[B, N]", "[B, G, N]"))
+    for name, t, shape, letters in (("D", D, (dim,), "[D]"), ("z", z, (batch, dim), "[B, D]"),
+                                    ("dt_bias", dt_bias, (dim,), "[D]")):
+        if t is not None:
+            check_tensor(name, t, shape, letters)
+    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("D", D), ("z", z),
+                    ("dt_bias", dt_bias)):
+        if t is not None:
+            check_float(name, t)
+    pick_impl("selective_state_update", impl, state.device)
+    return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -1,0 +1,378 @@
+"""mmseq.kernels.selective_scan: the fast paths against the float64 reference, streaming, bad inputs.
+
+Each comparison checks the output, the last state and the gradient of every input (with random
+cotangents for both outputs) under its own name, and reports max abs error and relative RMS error.
+Triton runs in its CPU interpreter when no GPU is present (small shapes), and on the GPU otherwise.
+"""
+
+import os
+from typing import NamedTuple
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # must precede the first import of triton by this module's kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from mmseq.kernels import selective_scan as ss  # noqa: E402
+from mmseq.kernels._dispatch import triton_usable  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _triton_ready() -> bool:
+    if not triton_usable(DEVICE):
+        return False
+    # on the CPU the kernels must have been built for the interpreter, i.e. imported after TRITON_INTERPRET=1
+    return DEVICE.type == "cuda" or type(ss._selective_scan_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+TRITON = [pytest.mark.triton, pytest.mark.skipif(not _triton_ready(), reason="Triton cannot run here")]
+GPU = [pytest.mark.gpu, pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a GPU")]
+
+NAMES = ("out", "last_state", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
+
+
+class Case(NamedTuple):
+    B: int
+    D: int
+    N: int
+    L: int
+    G: int  # 0: B and C are [B, N, L]; else [B, G, N, L]
+    skip: bool  # D
+    gate: bool  # z
+    bias: bool  # delta_bias
+    softplus: bool
+
+
+def _id(c: Case) -> str:
+    groups = "BNL" if c.G == 0 else f"G{c.G}"
+    flags = "".join(f for f, on in (("D", c.skip), ("z", c.gate), ("b", c.bias), ("s", c.softplus)) if on)
+    return f"B{c.B}-D{c.D}-N{c.N}-L{c.L}-{groups}-{flags or 'plain'}"
+
+
+def _inputs(c: Case, dtype=torch.float64, device="cpu", seed=0, C_groups=None):
+    """Inputs in dtype, drawn in float64 so every dtype sees the same values (rounded)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype).to(device)
+
+    bc = (c.B, c.N, c.L) if c.G == 0 else (c.B, c.G, c.N, c.L)
+    cc = bc if C_groups is None else (c.B, C_groups, c.N, c.L)
+    if c.softplus:  # raw delta around -2: dt = softplus(...) ~ 0.1
+        delta = rnd(c.B, c.D, c.L, scale=0.5, shift=-2.0)
+    else:  # positive step sizes
+        delta = torch.rand(c.B, c.D, c.L, generator=g, dtype=torch.float64) * 0.2 + 0.005
+        delta = delta.to(dtype).to(device)
+    A = (-torch.rand(c.D, c.N, generator=g, dtype=torch.float64) * 3 - 0.2).to(dtype).to(device)
+    return {
+        "u": rnd(c.B, c.D, c.L),
+        "delta": delta,
+        "A": A,
+        "B": rnd(*bc),
+        "C": rnd(*cc),
+        "D": rnd(c.D) if c.skip else None,
+        "z": rnd(c.B, c.D, c.L) if c.gate else None,
+        "delta_bias": rnd(c.D, scale=0.1) if c.bias else None,
+    }
+
+
+def _run(fn, inputs: dict, softplus: bool, seed=1) -> dict:
+    """Forward with return_last_state, backward with random cotangents for out and last_state."""
+    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    out, last = fn(**leaves, delta_softplus=softplus, return_last_state=True)
+    g = torch.Generator().manual_seed(seed)
+    d_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype).to(out.device)
+    d_last = torch.randn(last.shape, generator=g, dtype=torch.float64).to(last.dtype).to(last.device)
+    ((out * d_out).sum() + (last * d_last).sum()).backward()
+    res = {"out": out, "last_state": last}
+    for k, v in leaves.items():
+        res["d" + k] = v.grad if v is not None else None
+    return res
+
+
+def _assert_close(got: dict, want: dict, rtol: float, label: str = ""):
+    """Max abs error relative to the reference's max abs value, per tensor; RMS error reported too."""
+    report, bad = [], []
+    for name in NAMES:
+        if want.get(name) is None:
+            assert got.get(name) is None, f"{name}: expected no gradient"
+            continue
+        a, b = got[name].detach().double().cpu(), want[name].detach().double().cpu()
+        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        assert torch.isfinite(a).all(), f"{name}: non-finite values"
+        scale = b.abs().max().clamp_min(1e-30)
+        err = ((a - b).abs().max() / scale).item()
+        rms = ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+        report.append(f"{name}: max {err:.2e} rms {rms:.2e}")
+        if err > rtol:
+            bad.append(name)
+    print(label, "; ".join(report))
+    assert not bad, f"{label} {bad} exceed rel. error {rtol}: " + "; ".join(report)
+
+
+def _impl(name):
+    return lambda **kw: ss.selective_scan(**kw, impl=name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The reference itself
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_ref_matches_scalar_recurrence():
+    """The reference against the recurrence written out one scalar at a time."""
+    c = Case(2, 4, 3, 6, 2, True, True, True, True)
+    x = _inputs(c)
+    out, last = ss.selective_scan_ref(**x, delta_softplus=True, return_last_state=True)
+    u, delta, A, Bm, Cm, Dv, z, bias = (x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
+    want = torch.zeros_like(out)
+    for b in range(c.B):
+        for d in range(c.D):
+            grp = d // (c.D // c.G)
+            h = [0.0] * c.N
+            for t in range(c.L):
+                dt = torch.nn.functional.softplus(delta[b, d, t] + bias[d]).item()
+                y = 0.0
+                for n in range(c.N):
+                    decay = torch.exp(dt * A[d, n]).item()
+                    h[n] = decay * h[n] + dt * Bm[b, grp, n, t].item() * u[b, d, t].item()
+                    y += Cm[b, grp, n, t].item() * h[n]
+                y += Dv[d].item() * u[b, d, t].item()
+                want[b, d, t] = y * torch.nn.functional.silu(z[b, d, t]).item()
+                if t == c.L - 1:
+                    assert torch.allclose(last[b, d], torch.tensor(h, dtype=torch.float64), rtol=1e-12)
+    assert torch.allclose(out, want, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Vectorized CPU path against the reference
+# ----------------------------------------------------------------------------------------------------------
+
+TORCH_CASES = [
+    Case(2, 8, 4, 1, 0, True, True, True, True),
+    Case(2, 12, 5, 7, 0, False, False, False, False),
+    Case(1, 10, 16, 63, 2, True, False, True, True),
+    Case(2, 6, 4, 129, 6, False, True, False, False),
+    Case(2, 24, 8, 1000, 3, True, True, False, True),
+    Case(1, 3, 4, 4097, 0, True, True, True, True),
+]
+
+
+@pytest.mark.parametrize("c", TORCH_CASES, ids=_id)
+def test_torch_float64_matches_ref(c):
+    x = _inputs(c)
+    want = _run(ss.selective_scan_ref, x, c.softplus)
+    _assert_close(_run(_impl("torch"), x, c.softplus), want, 1e-10, _id(c))
+
+
+@pytest.mark.parametrize("c", TORCH_CASES, ids=_id)
+def test_torch_float32_matches_ref(c):
+    want = _run(ss.selective_scan_ref, _inputs(c), c.softplus)
+    got = _run(_impl("torch"), _inputs(c, torch.float32), c.softplus)
+    assert got["out"].dtype == torch.float32 and got["last_state"].dtype == torch.float32
+    _assert_close(got, want, 1e-4, _id(c))
+
+
+@pytest.mark.parametrize("c", [Case(2, 16, 8, 100, 2, True, True, True, True)], ids=_id)
+def test_torch_bfloat16_matches_ref(c):
+    x16 = _inputs(c, torch.bfloat16)
+    want = _run(ss.selective_scan_ref, {k: (v.double() if v is not None else None) for k, v in x16.items()},
+                c.softplus)
+    got = _run(_impl("torch"), x16, c.softplus)
+    assert got["out"].dtype == torch.bfloat16 and got["dB"].dtype == torch.bfloat16
+    assert got["last_state"].dtype == torch.float32
+    _assert_close(got, want, 2e-2, _id(c))
+
+
+def test_torch_groups_of_B_and_C_may_differ():
+    c = Case(2, 12, 4, 40, 2, True, False, False, False)
+    x = _inputs(c, C_groups=3)
+    _assert_close(_run(_impl("torch"), x, False), _run(ss.selective_scan_ref, x, False), 1e-10, "G_B=2 G_C=3")
+
+
+def test_torch_non_contiguous_inputs():
+    c = Case(2, 8, 4, 50, 0, True, True, False, True)
+    x = _inputs(c)
+    for k in ("u", "delta", "z"):  # [B, L, D] storage seen as [B, D, L], as in a Mamba block
+        x[k] = x[k].transpose(1, 2).contiguous().transpose(1, 2)
+    x["B"] = x["B"].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not x["u"].is_contiguous()
+    _assert_close(_run(_impl("torch"), x, True), _run(ss.selective_scan_ref, x, True), 1e-10, "strided")
+
+
+def test_torch_large_steps_stay_finite():
+    """dt * A of -1e3 per step: decays underflow to zero, nothing overflows."""
+    c = Case(1, 4, 4, 80, 0, True, False, False, False)
+    x = _inputs(c)
+    x["delta"] = x["delta"] * 5000
+    got = _run(_impl("torch"), {k: (v.float() if v is not None else None) for k, v in x.items()}, False)
+    _assert_close(got, _run(ss.selective_scan_ref, x, False), 1e-4, "large dt")
+
+
+def test_default_impl_on_cpu_is_torch():
+    c = Case(1, 4, 4, 20, 0, True, True, True, True)
+    x = _inputs(c, torch.float32)
+    got = ss.selective_scan(**x, delta_softplus=True)
+    assert torch.equal(got, ss.selective_scan_torch(**x, delta_softplus=True))
+    assert got.shape == (1, 4, 20)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Streaming: one token at a time equals the whole sequence
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("c", [Case(2, 12, 4, 33, 3, True, True, True, True),
+                               Case(1, 5, 3, 9, 0, False, False, False, False)], ids=_id)
+def test_state_update_streams_the_scan(c, dtype):
+    x = _inputs(c, dtype)
+    full, last = ss.selective_scan(**x, delta_softplus=c.softplus, return_last_state=True, impl="torch")
+    state = torch.zeros(c.B, c.D, c.N, dtype=dtype)
+    ys = []
+    for t in range(c.L):
+        y = ss.selective_state_update(
+            state, x["u"][..., t], x["delta"][..., t], x["A"], x["B"][..., t], x["C"][..., t], D=x["D"],
+            z=x["z"][..., t] if c.gate else None, dt_bias=x["delta_bias"], dt_softplus=c.softplus)
+        assert y.shape == (c.B, c.D) and y.dtype == dtype
+        ys.append(y)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(torch.stack(ys, -1), full, rtol=tol, atol=tol)
+    torch.testing.assert_close(state, last.to(dtype), rtol=tol, atol=tol)
+
+
+def test_state_update_is_in_place_and_keeps_state_dtype():
+    c = Case(2, 4, 3, 1, 0, True, False, False, False)
+    x = _inputs(c, torch.bfloat16)
+    state = torch.randn(2, 4, 3, dtype=torch.float32)
+    before, ptr = state.clone(), state.data_ptr()
+    ref_state = state.clone()
+    y = ss.selective_state_update(state, x["u"][..., 0], x["delta"][..., 0], x["A"], x["B"][..., 0],
+                                  x["C"][..., 0], D=x["D"])
+    y_ref = ss.selective_state_update_ref(ref_state, x["u"][..., 0], x["delta"][..., 0], x["A"],
+                                          x["B"][..., 0], x["C"][..., 0], D=x["D"])
+    assert state.data_ptr() == ptr and state.dtype == torch.float32 and not torch.equal(state, before)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(state, ref_state)
+    torch.testing.assert_close(y, y_ref)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton (interpreter on the CPU: small shapes; the chunk is shrunk so short sequences span several chunks)
+# ----------------------------------------------------------------------------------------------------------
+
+TRITON_CASES = [
+    Case(2, 4, 3, 1, 0, True, True, True, True),
+    Case(1, 4, 4, 7, 0, False, False, False, False),
+    Case(2, 6, 5, 21, 3, True, True, True, False),
+    Case(1, 8, 4, 19, 2, True, False, False, True),
+]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    if DEVICE.type == "cpu":
+        monkeypatch.setattr(ss, "_TRITON_CHUNK", 8)
+
+
+def _on_device(x: dict) -> dict:
+    return {k: (v.to(DEVICE) if v is not None else None) for k, v in x.items()}
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=_id(c), marks=TRITON) for c in TRITON_CASES])
+def test_triton_float64_matches_ref(c, small_chunks):
+    x = _inputs(c)
+    want = _run(ss.selective_scan_ref, x, c.softplus)
+    _assert_close(_run(_impl("triton"), _on_device(x), c.softplus), want, 1e-10, _id(c))
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=_id(c), marks=TRITON) for c in TRITON_CASES[2:]])
+def test_triton_float32_matches_ref(c, small_chunks):
+    want = _run(ss.selective_scan_ref, _inputs(c), c.softplus)
+    got = _run(_impl("triton"), _on_device(_inputs(c, torch.float32)), c.softplus)
+    assert got["out"].dtype == torch.float32 and got["last_state"].dtype == torch.float32
+    _assert_close(got, want, 1e-4, _id(c))
+
+
+@pytest.mark.parametrize("c", [pytest.param(Case(1, 4, 4, 12, 0, True, True, True, True), id="B1-D4-N4-L12",
+                                            marks=TRITON)])
+def test_triton_bfloat16_matches_ref(c, small_chunks):
+    x16 = _inputs(c, torch.bfloat16)
+    want = _run(ss.selective_scan_ref, {k: (v.double() if v is not None else None) for k, v in x16.items()},
+                c.softplus)
+    got = _run(_impl("triton"), _on_device(x16), c.softplus)
+    assert got["out"].dtype == torch.bfloat16 and got["du"].dtype == torch.bfloat16
+    _assert_close(got, want, 2e-2, "bf16")
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=_id(c), marks=[*TRITON, *GPU])
+                               for c in (Case(2, 32, 16, 300, 1, True, True, True, True),
+                                         Case(2, 96, 16, 1025, 4, False, True, False, True))])
+def test_triton_gpu_long(c):
+    x = _inputs(c, torch.float32)
+    want = _run(ss.selective_scan_ref, _inputs(c), c.softplus)
+    _assert_close(_run(_impl("triton"), _on_device(x), c.softplus), want, 1e-4, _id(c))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad input: one ValueError naming the argument and the expected shape
+# ----------------------------------------------------------------------------------------------------------
+
+_GOOD = Case(2, 8, 4, 10, 0, True, True, True, False)
+
+BAD_SCAN = [
+    ("delta", lambda x: x.update(delta=x["delta"][..., :9]),
+     "delta must be [B, D, L] = [2, 8, 10], got [2, 8, 9]"),
+    ("A", lambda x: x.update(A=x["A"][:7]), "A must be [D, N] = [8, *], got [7, 4]"),
+    ("B-N", lambda x: x.update(B=x["B"][:, :3]), "B must be [B, N, L] = [2, 4, 10], got [2, 3, 10]"),
+    ("C-groups", lambda x: x.update(C=torch.zeros(2, 3, 4, 10, dtype=torch.float64)), "C has G=3 groups"),
+    ("B-rank", lambda x: x.update(B=x["B"][0]), "B must be [B, G, N, L]"),
+    ("D", lambda x: x.update(D=x["D"][:5]), "D must be [D] = [8], got [5]"),
+    ("z", lambda x: x.update(z=x["z"][:1]), "z must be [B, D, L] = [2, 8, 10], got [1, 8, 10]"),
+    ("delta_bias", lambda x: x.update(delta_bias=x["delta_bias"][None]), "delta_bias must be [D]"),
+    ("L0", lambda x: x.update(u=x["u"][..., :0], delta=x["delta"][..., :0]),
+     "u must be [B, D, L] with L >= 1"),
+    ("u-int", lambda x: x.update(u=x["u"].long()), "u must be a floating-point tensor"),
+    ("B-int", lambda x: x.update(B=x["B"].int()), "B must be a floating-point tensor"),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(b, id=b[0]) for b in BAD_SCAN])
+def test_bad_scan_inputs(case):
+    _, edit, message = case
+    x = _inputs(_GOOD)
+    edit(x)
+    with pytest.raises(ValueError) as err:
+        ss.selective_scan(**x)
+    assert message in str(err.value)
+
+
+def test_unknown_impl():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ss.selective_scan(**_inputs(_GOOD), impl="cuda")
+
+
+BAD_STEP = [
+    ("state", {"state": torch.zeros(2, 8)}, "state must be [B, D, N]"),
+    ("x", {"x": torch.zeros(2, 7)}, "x must be [B, D] = [2, 8], got [2, 7]"),
+    ("dt", {"dt": torch.zeros(3, 8)}, "dt must be [B, D] = [2, 8], got [3, 8]"),
+    ("A", {"A": torch.zeros(8, 5)}, "A must be [D, N] = [8, 4], got [8, 5]"),
+    ("B", {"B": torch.zeros(2, 5)}, "B must be [B, N] = [2, 4], got [2, 5]"),
+    ("C-groups", {"C": torch.zeros(2, 3, 4)}, "C has G=3 groups, which must divide D=8"),
+    ("z", {"z": torch.zeros(2, 8, 1)}, "z must be [B, D] = [2, 8], got [2, 8, 1]"),
+    ("dt_bias", {"dt_bias": torch.zeros(4)}, "dt_bias must be [D] = [8], got [4]"),
+    ("x-int", {"x": torch.zeros(2, 8, dtype=torch.long)}, "x must be a floating-point tensor"),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(b, id=b[0]) for b in BAD_STEP])
+def test_bad_state_update_inputs(case):
+    _, change, message = case
+    args = {"state": torch.zeros(2, 8, 4), "x": torch.zeros(2, 8), "dt": torch.zeros(2, 8),
+            "A": torch.zeros(8, 4), "B": torch.zeros(2, 4), "C": torch.zeros(2, 4)}
+    args.update(change)
+    with pytest.raises(ValueError) as err:
+        ss.selective_state_update(**args)
+    assert message in str(err.value)
