@@ -1,5 +1,16 @@
-"""mmseq.kernels: shared sequence-mixing ops, each with ref / torch / triton paths behind one function."""
+"""mmseq.kernels: shared sequence-mixing ops, each with ref / torch / triton paths behind one function.
+
+Importing this package does not import Triton; each op's Triton path is built on first use.
+"""
 
 from ._dispatch import IMPLS, pick_impl, triton_importable, triton_usable
+from .attention import KVCache, attention, attention_ref
+from .causal_conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_update_ref
+from .fft_conv import fft_conv, fft_conv_ref
+from .selective_scan import selective_scan, selective_scan_ref, selective_state_update, selective_state_update_ref
 
-__all__ = ["IMPLS", "pick_impl", "triton_importable", "triton_usable"]
+__all__ = [
+    "IMPLS", "KVCache", "attention", "attention_ref", "causal_conv1d", "causal_conv1d_ref", "causal_conv1d_update",
+    "causal_conv1d_update_ref", "fft_conv", "fft_conv_ref", "pick_impl", "selective_scan", "selective_scan_ref",
+    "selective_state_update", "selective_state_update_ref", "triton_importable", "triton_usable",
+]

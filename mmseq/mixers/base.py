@@ -32,7 +32,9 @@ class Mixer(nn.Module):
     """Base class: ``Mixer(d_model, *, causal, **hparams)``; ``forward(x [B, L, D], *, context=None)``."""
 
     mixer_name: str = ""
-    supports_context: bool = False
+    supports_context: bool = False  # forward(x, context=...) attends to another sequence
+    supports_noncausal: bool = True  # may be built with causal=False
+    test_hparams: dict = {}  # small hyperparameters the registry-wide tests build it with
 
     def __init__(self, d_model: int, *, causal: bool = True) -> None:
         super().__init__()

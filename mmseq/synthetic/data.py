@@ -51,8 +51,7 @@ def make_mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: in
     seq[:, 1:2 * k:2] = values
     rows = np.arange(n)[:, None]
     qpos = 2 * k + 2 * chosen
-    seq[rows, qpos] = keys
-    seq[rows, qpos + 1] = values
+    seq[rows, qpos] = keys  # as in Zoology the answer is not in the input: the token after a query is filler
     labels = np.full((n, L), IGNORE)
     labels[rows, qpos] = values
     return {"inputs": torch.from_numpy(seq.astype(np.int64)), "labels": torch.from_numpy(labels.astype(np.int64))}
