@@ -48,7 +48,7 @@ class TrainerConfig:
     limit_val_batches: int = -1  # -1 = all
     checkpoint_every_n_steps: int = 100
     log_every_n_steps: int = 10
-    gradient_clip_val: float = 1.0
+    gradient_clip_val: float = 0.0  # 0 = no clipping (Lightning's default)
     accumulate_grad_batches: int = 1
     enable_progress_bar: bool = True
     tensorboard: bool = False
