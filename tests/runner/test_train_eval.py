@@ -35,3 +35,19 @@ def test_run_folder_metrics_export_and_eval(tmp_path, tiny_mqar, monkeypatch):
     written = json.loads((run / "eval.json").read_text())
     assert written["config"]["seq_len"] == 48 and "val/acc" in written["val"]
     assert result["val"] == written["val"]
+
+
+def test_passkey_reports_accuracy_per_depth(tmp_path, monkeypatch):
+    monkeypatch.delenv("MMSEQ_RUN_DIR", raising=False)
+    cfg = tmp_path / "passkey.yaml"
+    cfg.write_text(
+        "task: passkey\n"
+        "data: {seq_len: 40, n_digits: 3, num_train: 64, num_val: 20, num_test: 20, batch_size: 8, "
+        "val_depths: [0.0, 0.5, 1.0]}\n"
+        "model: {d_model: 16, n_layers: 1, mixer: {name: attention, n_heads: 2}}\n"
+        "trainer: {max_steps: 4, val_check_interval: 4, enable_progress_bar: false}\n"
+    )
+    metrics = train(cfg, run_dir=tmp_path / "run")
+    for d in ("0", "0.5", "1"):
+        assert 0.0 <= metrics["test"][f"test/acc_depth_{d}"] <= 1.0
+    assert 0.0 <= metrics["val"]["val/exact"] <= 1.0
