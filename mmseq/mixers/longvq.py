@@ -227,7 +227,8 @@ class LongVQ(Mixer):
         if context is not None:
             raise ValueError("longvq is a self-attention mixer; it takes no context")
         h = causal_conv1d(x.transpose(1, 2), self.conv_weight, self.conv_bias, activation="silu").transpose(1, 2)
-        q, k, v, g = (t.transpose(1, 2) if t.dim() == 4 else t for t in self._branches(x, h))  # [B, H, L, P]
+        q, k, v, g = self._branches(x, h)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, P]
         dtype = _compute_dtype(q)
         codebook = self.codebook.to(dtype, copy=True)  # a copy: the EMA update below rewrites the buffer
         z = quantize(k, codebook)
