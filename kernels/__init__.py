@@ -1,6 +1,7 @@
 """mmseq.kernels: shared sequence-mixing ops, each with ref / torch / triton paths behind one function.
 
-Importing this package does not import Triton; each op's Triton path is built on first use.
+The package re-exports each op's public function under the op's name, so ``mmseq.kernels.attention`` is the
+function; reach a module itself with ``importlib.import_module("mmseq.kernels.attention")``.
 """
 
 from ._dispatch import IMPLS, pick_impl, triton_importable, triton_usable

@@ -4,6 +4,7 @@ Triton runs under TRITON_INTERPRET=1 on the CPU (set below before the kernels ar
 present. Errors are reported as relative RMS (rel) and max abs error (abs).
 """
 
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch.nn.functional as F  # noqa: E402
-from mmseq.kernels import attention as attention_module  # noqa: E402
 from mmseq.kernels.attention import KVCache, attention, attention_mask, attention_ref  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+attention_module = importlib.import_module("mmseq.kernels.attention")  # the module, not the function
 
 TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TRITON_READY = attention_module._triton_ready(TRITON_DEVICE)
