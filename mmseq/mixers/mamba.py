@@ -1,0 +1,181 @@
+"""Mamba-1: the selective state-space block (Gu & Dao, 2023), with the parameter layout of ``mamba_ssm``.
+
+Shapes in letters: B batch, L length, D d_model, E d_inner = expand * D, N d_state, R dt_rank, K d_conv.
+
+    [x | z] = in_proj(u)                              [B, L, 2E]  (x first, the gate z second)
+    x = silu(causal depthwise conv_K(x) + b_conv)     [B, E, L]
+    [dt | B | C] = x_proj(x)                          [B, L, R + 2N]  (in this order)
+    delta = softplus(W_dt dt + b_dt)                  [B, E, L]
+    h[t] = exp(delta[t] A) h[t-1] + delta[t] B[t] x[t],  A = -exp(A_log) [E, N]
+    y[t] = <C[t], h[t]> + D x[t]
+    out = out_proj(y * silu(z))                       [B, L, D]
+
+The parameter names and shapes are those of ``mamba_ssm.modules.mamba_simple.Mamba``, so the mixer
+weights of an official checkpoint (``backbone.layers.{i}.mixer.*``) load with ``load_state_dict``:
+
+    in_proj.weight [2E, D]   conv1d.weight [E, 1, K], conv1d.bias [E]   x_proj.weight [R + 2N, E]
+    dt_proj.weight [E, R], dt_proj.bias [E]   A_log [E, N]   D [E]   out_proj.weight [D, E]
+
+``forward`` runs ``mmseq.kernels.causal_conv1d`` and ``selective_scan``; ``step`` runs their one-token
+versions ``causal_conv1d_update`` and ``selective_state_update``, so streaming reproduces ``forward``.
+The conv state keeps the K-1 previous inputs of the conv (the kernels' layout; ``mamba_ssm`` keeps K,
+the newest included).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmseq.kernels import (
+    IMPLS,
+    causal_conv1d,
+    causal_conv1d_update,
+    selective_scan,
+    selective_state_update,
+)
+
+from .base import Mixer, register_mixer
+
+
+@dataclass
+class MambaState:
+    """Streaming state of one Mamba mixer: the conv's last K-1 inputs and the SSM state."""
+
+    conv: torch.Tensor  # [B, E, K-1], oldest first
+    ssm: torch.Tensor  # [B, E, N]
+
+
+@register_mixer("mamba")
+class MambaMixer(Mixer):
+    """The Mamba-1 block: x [B, L, D] -> [B, L, D]. Causal only.
+
+    Args (defaults of the paper and of ``mamba_ssm``):
+        d_state: N, the SSM state size per channel. d_conv: K, taps of the causal depthwise conv.
+        expand: E = expand * d_model. dt_rank: R, the rank of the step-size projection ("auto": ceil(D / 16)).
+        dt_min, dt_max: the range the step size softplus(b_dt) is drawn from (log-uniform) at init.
+        dt_init: "random" (W_dt ~ U(+-R^-1/2 * dt_scale)) or "constant" (W_dt = R^-1/2 * dt_scale).
+        dt_scale: scales that init. dt_init_floor: lower clamp of the initial step size.
+        conv_bias: bias in the conv. bias: biases in in_proj and out_proj.
+        impl: kernel path for ``mmseq.kernels`` ("ref", "torch", "triton"; None: Triton on CUDA, torch elsewhere).
+
+    Example:
+        >>> m = MambaMixer(64)
+        >>> m(torch.randn(2, 100, 64)).shape
+        torch.Size([2, 100, 64])
+    """
+
+    supports_noncausal = False
+    test_hparams = {"d_state": 4, "expand": 2}
+
+    def __init__(self, d_model: int, *, causal: bool = True, d_state: int = 16, d_conv: int = 4,
+                 expand: float = 2, dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, impl: str | None = None) -> None:
+        super().__init__(d_model, causal=causal)
+        if not causal:
+            raise ValueError("mamba is causal only (causal=False is not supported); "
+                             "for a bidirectional model run two mixers, one over the reversed sequence")
+        if d_state < 1 or d_conv < 1:
+            raise ValueError(f"d_state and d_conv must be >= 1, got d_state={d_state}, d_conv={d_conv}")
+        d_inner = int(expand * d_model)
+        if d_inner < 1:
+            raise ValueError(f"expand * d_model must be >= 1, got expand={expand}, d_model={d_model}")
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank < 1:
+            raise ValueError(f"dt_rank must be 'auto' or an int >= 1, got {dt_rank!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if impl is not None and impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
+        self.d_state, self.d_conv, self.expand = d_state, d_conv, expand
+        self.d_inner, self.dt_rank, self.impl = d_inner, dt_rank, impl
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        # Depthwise conv stored as nn.Conv1d so the weights keep mamba_ssm's names and shapes; the forward
+        # calls the causal kernel with weight[:, 0, :] instead of this module (whose padding would be two-sided).
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+
+        # W_dt: scaled by R^-1/2 so that W_dt @ dt has about the variance of dt at init.
+        dt_init_std = dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        # b_dt: the step size softplus(b_dt) starts log-uniform in [dt_min, dt_max] (floored), so channels see
+        # time scales from 1/dt_max to 1/dt_min positions. b_dt stores the inverse softplus,
+        # dt + log(1 - exp(-dt)) (written with expm1 for accuracy at small dt).
+        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True  # a global "zero every bias" init must skip it
+
+        # A: S4D-real init, A[e, n] = -(n + 1) for every channel, stored as A_log = log(1..N) so that
+        # A = -exp(A_log) stays negative (a decaying, stable scan) whatever the optimiser does. Kept fp32.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        # D: the skip connection y += D * x, starting as the identity. Kept fp32.
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(x)
+        if context is not None:
+            raise ValueError("mamba does not take a context (it is a self mixer)")
+        xz = self.in_proj(x).transpose(1, 2)  # [B, 2E, L]
+        xs, z = xz.chunk(2, dim=1)
+        # The kernels manage precision themselves (fp32 accumulation, outputs in u's dtype), so autocast is
+        # switched off around them: it would otherwise recast their internal matmuls.
+        with torch.autocast(x.device.type, enabled=False):
+            xs = causal_conv1d(xs, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu",
+                               impl=self.impl)  # [B, E, L]
+        x_dbl = self.x_proj(xs.transpose(1, 2))  # [B, L, R + 2N]
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # The bias of dt_proj goes to the scan as delta_bias (added in the scan's precision, before softplus).
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # [B, E, L]
+        A = -torch.exp(self.A_log)  # [E, N]
+        with torch.autocast(x.device.type, enabled=False):
+            y = selective_scan(xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z=z,
+                               delta_bias=self.dt_proj.bias, delta_softplus=True, impl=self.impl)
+        return self.out_proj(y.transpose(1, 2))  # [B, L, D]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
+        """Zero state: conv [B, E, K-1] (dtype, else the conv weight's) and ssm [B, E, N] (dtype, else >= fp32)."""
+        device = self.A_log.device if device is None else device
+        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        ssm_dtype = torch.promote_types(self.A_log.dtype, torch.float32) if dtype is None else dtype
+        return MambaState(
+            conv=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=conv_dtype),
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype),
+        )
+
+    def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """x_t: [B, D] -> (y_t [B, D], new state). ``state`` itself is left unchanged (the kernels update
+        copies), so a state can be kept and stepped from again."""
+        if x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
+            raise ValueError(f"x_t must be [B, D] with D == d_model={self.d_model}, got {list(x_t.shape)}")
+        conv_state, ssm_state = state.conv.clone(), state.ssm.clone()
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # [B, E] each
+        with torch.autocast(x_t.device.type, enabled=False):
+            xs = causal_conv1d_update(xs, conv_state, self.conv1d.weight[:, 0, :], self.conv1d.bias,
+                                      activation="silu", impl=self.impl)
+        dt, B, C = torch.split(self.x_proj(xs), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # [B, E], bias added inside the update as in forward
+        A = -torch.exp(self.A_log)
+        with torch.autocast(x_t.device.type, enabled=False):
+            y = selective_state_update(ssm_state, xs, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
+                                       dt_softplus=True, impl=self.impl)
+        return self.out_proj(y), MambaState(conv=conv_state, ssm=ssm_state)
