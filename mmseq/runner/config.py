@@ -100,7 +100,10 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``key=value`` overrides (values parsed as YAML) to a plain config dict."""
+    """Apply ``key=value`` overrides (values parsed as YAML) to a plain config dict.
+
+    A scalar sets one key; a mapping (``model.mixer='{name: mamba, d_state: 16}'``) replaces the whole node.
+    """
     cfg = OmegaConf.create(raw)
     for item in overrides:
         if "=" not in item:
@@ -110,7 +113,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
-        OmegaConf.update(cfg, key.strip(), parsed, merge=True, force_add=True)
+        # A mapping replaces the whole node: model.mixer='{name: mamba}' must not keep attention's n_heads.
+        OmegaConf.update(cfg, key.strip(), parsed, merge=not isinstance(parsed, dict), force_add=True)
     return OmegaConf.to_container(cfg)
 
 

@@ -60,3 +60,11 @@ def test_used_run_dir_is_refused(tmp_path, tiny_mqar, run_cli):
     assert r.returncode == 2 and "--resume" in r.stderr
     assert (run / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+
+
+def test_mapping_override_replaces_the_node():
+    from mmseq.runner.config import apply_overrides
+
+    raw = {"model": {"d_model": 8, "mixer": {"name": "attention", "n_heads": 4}}}
+    out = apply_overrides(raw, ["model.mixer={name: swa, window: 8}", "model.d_model=16"])
+    assert out["model"] == {"d_model": 16, "mixer": {"name": "swa", "window": 8}}
