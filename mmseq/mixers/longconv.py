@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmseq.kernels import fft_conv
-
-from .base import Mixer, register_mixer
+from ._explicit_kernel import ExplicitKernelMixer
+from .base import register_mixer
 
 
 def squash(k: torch.Tensor, lam: float) -> torch.Tensor:
@@ -39,7 +38,7 @@ def smooth(k: torch.Tensor, window: int) -> torch.Tensor:
 
 
 @register_mixer("longconv")
-class LongConvMixer(Mixer):
+class LongConvMixer(ExplicitKernelMixer):
     """Learned long convolution block: conv (+ D skip) -> GELU -> dropout -> output linear (GLU).
 
     x: [B, L, D] -> [B, L, D] for L <= l_max (a longer input raises ValueError).
@@ -98,33 +97,3 @@ class LongConvMixer(Mixer):
     def _head(self, y: torch.Tensor) -> torch.Tensor:
         """[..., C*H] -> [..., H]: GELU, dropout, output linear, GLU."""
         return F.glu(self.out_proj(self.dropout(F.gelu(y))), dim=-1)
-
-    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_input(x)
-        L = x.shape[1]
-        k = self.kernel(L)
-        u = x.transpose(1, 2).repeat(1, self.channels, 1)  # [B, C*H, L], channel c*H + h reads u[h]
-        D = self.D.reshape(-1)
-        if self.causal:
-            y = fft_conv(u, k[0], D)
-        else:
-            CH = u.shape[1]
-            k_future = F.pad(k[1], (1, 0))[:, :L]  # delayed one step: u[t] is counted by k0[0] and D only
-            z = fft_conv(torch.cat([u, u.flip(-1)], dim=1), torch.cat([k[0], k_future], dim=0))
-            y = z[:, :CH] + z[:, CH:].flip(-1) + u * D[:, None].to(u.dtype)
-        return self._head(y.transpose(1, 2))
-
-    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        """The inputs seen so far: [B, H, 0] at the start."""
-        if not self.causal:
-            raise NotImplementedError("step() needs a causal longconv mixer (a bidirectional kernel reads the future)")
-        p = self.kernel_weight
-        return torch.zeros(batch_size, self.d_model, 0, device=device or p.device, dtype=dtype or p.dtype)
-
-    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t: [B, D] -> y_t: [B, D]; state: the input buffer [B, H, t] -> [B, H, t+1] (t+1 <= l_max)."""
-        buf = torch.cat([state, x_t[..., None].to(state.dtype)], dim=-1)
-        k = self.kernel(buf.shape[-1])[0]  # [C*H, t+1]
-        u = buf.repeat(1, self.channels, 1)  # [B, C*H, t+1]
-        y = (u.flip(-1) * k).sum(-1) + self.D.reshape(-1) * u[..., -1]
-        return self._head(y.to(x_t.dtype)), buf
