@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -32,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by path
+from report import render, write_markdown  # noqa: E402
 
 OPS = ("selective_scan", "causal_conv1d", "fft_conv", "attention")
 DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
@@ -364,41 +364,7 @@ def table(rows: list[Row], device: torch.device, peak_gbps: float) -> str:
             cells += [f"{gbps:.0f}", f"{100 * gbps / peak_gbps:.1f}"] if gbps else ["-", "-"]
         cells.append(r.error or c.note)
         body.append(cells)
-    widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(len(header))]
-    numeric = {"ms", "speedup", "GB/s", "%BW"}
-
-    def line(cells):
-        out = [str(x).rjust(w) if h in numeric else str(x).ljust(w) for x, w, h in zip(cells, widths, header)]
-        return "| " + " | ".join(out) + " |"
-
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if h in numeric else "-" * (w + 2) for w, h in zip(widths, header))
-    return "\n".join([line(header), sep + "|", *(line(b) for b in body)])
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for text in Path("/proc/cpuinfo").read_text().splitlines():
-            if text.startswith("model name"):
-                model = text.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def write_markdown(path: Path, text: str, device: torch.device) -> None:
-    date = time.strftime("%a %b %e %H:%M:%S UTC %Y", time.gmtime())
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    head = f"### {date} · {device_name(device)} · torch {torch.__version__}\n\n`{command}`\n\n"
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a") as f:
-        if new:
-            f.write("# Benchmark results\n\nTables appended by `benchmarks/kernels.py --markdown FILE`, newest last. "
-                    "speedup = baseline ms / ms, both from the same run.\n\n")
-        f.write(head + text + "\n\n")
+    return render(header, body, {"ms", "speedup", "GB/s", "%BW"})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -34,9 +34,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -47,6 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by path
+from report import render, write_markdown  # noqa: E402
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -396,18 +396,6 @@ def run_mqar(mixers: list[str], lengths: list[int], args: argparse.Namespace) ->
 # ----------------------------------------------------------------------------------------------------------
 
 
-def render(header: list[str], body: list[list[str]], numeric: set[str]) -> str:
-    """An aligned pipe table (valid markdown); columns in ``numeric`` are right-aligned."""
-    widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(len(header))]
-
-    def line(cells):
-        out = [str(x).rjust(w) if h in numeric else str(x).ljust(w) for x, w, h in zip(cells, widths, header)]
-        return "| " + " | ".join(out) + " |"
-
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if h in numeric else "-" * (w + 2) for w, h in zip(widths, header))
-    return "\n".join([line(header), sep + "|", *(line(b) for b in body)])
-
-
 def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -473,31 +461,6 @@ def plot(cells: list[Cell], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # output
 # ----------------------------------------------------------------------------------------------------------
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for text in Path("/proc/cpuinfo").read_text().splitlines():
-            if text.startswith("model name"):
-                model = text.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def write_markdown(path: Path, title: str, text: str, device: torch.device) -> None:
-    date = time.strftime("%a %b %e %H:%M:%S UTC %Y", time.gmtime())
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    head = f"### {title} · {date} · {device_name(device)} · torch {torch.__version__}\n\n`{command}`\n\n"
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a") as f:
-        if new:
-            f.write("# Benchmark results\n\nTables appended by the scripts in `benchmarks/`, newest last.\n\n")
-        f.write(head + text + "\n\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -578,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         text = speed_table(cells) + "\n\n" + slope_table(slopes(cells, args.mixers))
         print(text, flush=True)
         if args.markdown is not None:
-            write_markdown(args.markdown, f"Mixer speed and peak memory vs L ({setup})", text, device)
+            write_markdown(args.markdown, text, device, title=f"Mixer speed and peak memory vs L ({setup})")
         if args.plot is not None:
             try:
                 plot(cells, args.plot)
@@ -593,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.markdown is not None:
             title = (f"MQAR test accuracy after {args.steps} steps ({args.num_kv_pairs} key-value pairs, "
                      f"vocabulary {args.vocab_size})")
-            write_markdown(args.markdown, title, text, device)
+            write_markdown(args.markdown, text, device, title=title)
     return 0
 
 
