@@ -51,3 +51,9 @@ def test_passkey_reports_accuracy_per_depth(tmp_path, monkeypatch):
     for d in ("0", "0.5", "1"):
         assert 0.0 <= metrics["test"][f"test/acc_depth_{d}"] <= 1.0
     assert 0.0 <= metrics["val"]["val/exact"] <= 1.0
+
+
+def test_bf16_mixed_precision_runs(tmp_path, tiny_mqar, monkeypatch):
+    monkeypatch.delenv("MMSEQ_RUN_DIR", raising=False)
+    metrics = train(tiny_mqar, ["trainer.max_steps=3", "trainer.precision=bf16-mixed"], run_dir=tmp_path / "run")
+    assert metrics["global_step"] == 3 and torch.isfinite(torch.tensor(metrics["val"]["val/loss"]))
