@@ -88,3 +88,12 @@ def create_mixer(name: str, d_model: int, causal: bool = True, **hparams: Any) -
     validate_mixer_config({"name": name, **hparams}, key="mixer")
     hparams = {k: v for k, v in hparams.items() if v is not None}
     return MIXERS.get(name)(d_model, causal=causal, **hparams)
+
+
+def stream(mixer: Mixer, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """Feed x [B, L, D] to ``mixer.step`` one token at a time; returns (y [B, L, D], final state)."""
+    outs = []
+    for t in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        outs.append(y_t)
+    return torch.stack(outs, 1), state

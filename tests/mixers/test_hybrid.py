@@ -5,6 +5,7 @@ import torch
 
 from mmseq.mixers import MIXERS, create_mixer
 from mmseq.mixers.attention import AttentionMixer
+from mmseq.mixers.base import stream
 from mmseq.mixers.hybrid import SSM_PREFERENCE, default_sub_mixers
 from mmseq.mixers.swa import SlidingWindowAttention
 
@@ -63,8 +64,5 @@ def test_step_chains_sub_mixer_steps():
     x = torch.randn(2, 8, 16, dtype=torch.float64)
     state = m.init_state(2, dtype=torch.float64)
     assert len(state) == 2
-    outs = []
-    for t in range(8):
-        y, state = m.step(x[:, t], state)
-        outs.append(y)
-    torch.testing.assert_close(torch.stack(outs, 1), m(x), rtol=1e-10, atol=1e-10)
+    streamed, state = stream(m, x, state)
+    torch.testing.assert_close(streamed, m(x), rtol=1e-10, atol=1e-10)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mmseq.mixers import create_mixer
+from mmseq.mixers.base import stream
 
 
 def _mixer(**kw):
@@ -78,11 +79,8 @@ def test_step_matches_forward_order3_full_length():
     x = torch.randn(B, L, 4, dtype=torch.float64)
     full = m(x)
     state = m.init_state(B, dtype=torch.float64)
-    outs = []
-    for t in range(L):
-        y_t, state = m.step(x[:, t], state)
-        outs.append(y_t)
-    torch.testing.assert_close(torch.stack(outs, 1), full, rtol=1e-10, atol=1e-10)
+    streamed, state = stream(m, x, state)
+    torch.testing.assert_close(streamed, full, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="L=21 exceeds l_max=20"):
         m.step(x[:, 0], state)
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mmseq.mixers import create_mixer
+from mmseq.mixers.base import stream
 from mmseq.mixers.longconv import smooth, squash
 
 
@@ -71,11 +72,8 @@ def test_step_matches_forward_with_regularizers_in_eval_mode():
     x = torch.randn(B, L, 5, dtype=torch.float64)
     full = m(x)
     state = m.init_state(B, dtype=torch.float64)
-    outs = []
-    for t in range(L):
-        y_t, state = m.step(x[:, t], state)
-        outs.append(y_t)
-    torch.testing.assert_close(torch.stack(outs, 1), full, rtol=1e-10, atol=1e-10)
+    streamed, state = stream(m, x, state)
+    torch.testing.assert_close(streamed, full, rtol=1e-10, atol=1e-10)
     assert state.shape == (B, 5, L)
     with pytest.raises(ValueError, match="l_max"):
         m.step(x[:, 0], state)

@@ -5,6 +5,7 @@ import torch
 from mmseq.kernels import attention_ref
 
 from mmseq.mixers import create_mixer
+from mmseq.mixers.base import stream
 from mmseq.mixers.longvq import codebook_attention, lookup, quantize
 
 
@@ -70,12 +71,9 @@ def test_stream_state_is_per_code_not_per_token():
     m = create_mixer("longvq", 16, codebook_size=8, n_heads=2, block_len=4).double()
     x = torch.randn(2, 21, 16, dtype=torch.float64)
     state = m.init_state(2, dtype=torch.float64)
-    outs = []
-    for t in range(x.shape[1]):
-        y, state = m.step(x[:, t], state)
-        outs.append(y)
+    streamed, state = stream(m, x, state)
     assert state.phi.shape == (2, 2, 8, 8) and state.n.sum().item() == 2 * 2 * 21
-    torch.testing.assert_close(torch.stack(outs, 1), m(x), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(streamed, m(x), rtol=1e-8, atol=1e-8)
 
 
 def test_longvq_rejects_bad_args():

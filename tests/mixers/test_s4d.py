@@ -7,6 +7,7 @@ import torch
 from mmseq.kernels import fft_conv_ref
 
 from mmseq.mixers import create_mixer
+from mmseq.mixers.base import stream
 from mmseq.mixers.s4d import s4d_init_imag
 
 
@@ -51,11 +52,8 @@ def test_fft_path_equals_recurrence_float64():
     x = torch.randn(B, L, H, dtype=torch.float64)
     full = m(x)
     state = m.init_state(B, dtype=torch.float64)
-    outs = []
-    for t in range(L):
-        y_t, state = m.step(x[:, t], state)
-        outs.append(y_t)
-    torch.testing.assert_close(torch.stack(outs, 1), full, rtol=1e-10, atol=1e-10)
+    streamed, state = stream(m, x, state)
+    torch.testing.assert_close(streamed, full, rtol=1e-10, atol=1e-10)
 
 
 def test_inits():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mmseq.mixers import create_mixer
+from mmseq.mixers.base import stream
 
 
 def _explicit(m, x, window, causal):
@@ -42,12 +43,9 @@ def test_swa_stream_past_window_keeps_bounded_state():
     m = create_mixer("swa", 16, window=3, n_heads=2).double()
     x = torch.randn(1, 11, 16, dtype=torch.float64)
     state = m.init_state(1)
-    outs = []
-    for t in range(x.shape[1]):
-        y, state = m.step(x[:, t], state)
-        outs.append(y)
+    streamed, state = stream(m, x, state)
     assert state.cache.k.shape[2] == 3
-    torch.testing.assert_close(torch.stack(outs, 1), m(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(streamed, m(x), rtol=1e-10, atol=1e-10)
 
 
 def test_swa_rejects_bad_window():
