@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by path
-from report import render, write_markdown  # noqa: E402
+from report import render, setup_device, write_markdown  # noqa: E402
 
 OPS = ("selective_scan", "causal_conv1d", "fft_conv", "attention")
 DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
@@ -396,12 +396,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+    device = setup_device(args.device, args.threads)
+    if device is None:
         return 2
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     rows = collect_rows(args.ops, device, args)
     text = table(rows, device, args.peak_gbps)
     print(text)

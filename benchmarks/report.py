@@ -24,6 +24,16 @@ def render(header: list[str], body: list[list[str]], numeric: set[str]) -> str:
     return "\n".join([line(header), sep + "|", *(line(b) for b in body)])
 
 
+def setup_device(name: str, threads: int | None) -> torch.device | None:
+    """The device to benchmark on (None, after printing why, when CUDA is asked for but absent)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.device(name)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
