@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmseq-installed
 # Debian packages features need at run time (installed by `make system-deps` when missing).
-DEBIAN_PACKAGES ?=
+# Speech synthesizers for `mmseq data make keywords` (espeak-ng, flite, festival and three festival voices).
+DEBIAN_PACKAGES ?= espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 
 .PHONY: setup system-deps quickstart test test-all lint clean-venv
 
