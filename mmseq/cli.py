@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mmseq.errors import UserError
 
-DATASETS = ("mqar", "passkey")
+DATASETS = ("mqar", "passkey", "keywords")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -59,9 +59,43 @@ def _cmd_data_make(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output folder {out} already exists and is not empty; choose a new folder")
+    keyword_options = {"--words": args.words, "--per-word": args.per_word, "--engines": args.engines,
+                       "--jobs": args.jobs}
+    if args.dataset == "keywords":
+        return _make_keywords(args, out)
+    given = [k for k, v in keyword_options.items() if v is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} apply to `data make keywords` only; {args.dataset} takes data.* overrides")
     task = load_task({"task": args.dataset, "seed": args.seed}, args.overrides)
     for path in make_dataset(task, out):
         print(f"wrote {path}")
+    return 0
+
+
+def _make_keywords(args: argparse.Namespace, out: Path) -> int:
+    from mmseq.audio.keywords import make_keywords
+
+    if args.overrides:
+        raise UserError(f"`data make keywords` takes options, not overrides (got {args.overrides[0]!r}); "
+                        f"see `mmseq data make --help`")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
+    summary = make_keywords(out, words=args.words or "sc35", per_word=args.per_word or 200, seed=args.seed,
+                            engines=engines, jobs=args.jobs)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_classify_audio(args: argparse.Namespace) -> int:
+    from mmseq.audio.classify import classify_files
+
+    results = classify_files(args.clips, args.checkpoint, top_k=args.top_k, threshold=args.threshold)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        others = "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:])
+        guess = f" (best guess {r['best_guess']})" if r["label"] != r["best_guess"] else ""
+        print(f"{r['file']}\t{r['label']}\t{r['score']:.3f}{guess}" + (f"\t[{others}]" if others else ""))
     return 0
 
 
@@ -101,7 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("out_dir")
     dm.add_argument("overrides", nargs="*", help="data.* key=value overrides")
     dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--words", choices=("sc35", "sc10"), help="keywords: word set (default sc35)")
+    dm.add_argument("--per-word", type=int, help="keywords: clips per word (default 200)")
+    dm.add_argument("--engines", help="keywords: comma-separated speech engines (espeak,flite,festival,piper; "
+                                      "default all installed)")
+    dm.add_argument("--jobs", type=int, help="keywords: worker processes (default: CPU count)")
     dm.set_defaults(func=_cmd_data_make)
+
+    c = sub.add_parser("classify-audio", help="classify audio clips with a keyword model",
+                       description="Print the label and probability of each clip (WAV/FLAC/OGG/MP3; any rate or "
+                                   "channel count). Without --checkpoint the shipped SC35 keyword model is used. "
+                                   "A best score under --threshold is reported as _unknown_.")
+    c.add_argument("clips", nargs="+", metavar="CLIP")
+    c.add_argument("--checkpoint", help="run folder or model folder (default: the shipped SC35 model)")
+    c.add_argument("--top-k", type=int, default=3, help="how many labels to list per clip (default 3)")
+    c.add_argument("--threshold", type=float, default=0.5,
+                   help="below this best probability the clip is _unknown_ (default 0.5)")
+    c.add_argument("--json", action="store_true", help="print a JSON list, one object per clip")
+    c.set_defaults(func=_cmd_classify_audio)
     d.set_defaults(func=lambda a: (d.print_help(), 2)[1])
     return p
 

@@ -64,6 +64,7 @@ class Task:
 
 def ensure_tasks_registered() -> None:
     """Import the modules whose import registers the built-in tasks."""
+    import mmseq.audio.task  # noqa: F401
     import mmseq.synthetic.tasks  # noqa: F401
 
 

@@ -1,0 +1,98 @@
+"""Classify audio files with a trained keyword model (``mmseq classify-audio``).
+
+A clip no longer than the model's clip length is padded around its centre; a longer clip is cut into
+overlapping windows and the most confident window speaks for it. A best score under ``threshold`` is reported
+as ``_unknown_`` (with the best guess alongside) rather than forced into a keyword.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from mmseq.errors import UserError
+
+from .io import fix_length, load_audio, sliding_windows
+from .labels import SILENCE, UNKNOWN
+from .model import AudioClassifier
+
+DEFAULT_MODEL = "keywords_sc35"
+
+
+@dataclass
+class Prediction:
+    """One clip's answer: ``label`` is ``_unknown_`` when ``score`` < threshold (``best_guess`` keeps the top)."""
+
+    file: str
+    label: str
+    score: float
+    best_guess: str
+    top_k: list[dict] = field(default_factory=list)
+    window_start_s: float = 0.0
+    duration_s: float = 0.0
+
+
+def default_model_dir() -> Path:
+    """The small SC35 model that ships inside the package (mmseq/assets/keywords_sc35)."""
+    return Path(str(resources.files("mmseq") / "assets" / DEFAULT_MODEL))
+
+
+def load_classifier(checkpoint: str | Path | None = None) -> AudioClassifier:
+    """A model folder, a run folder, or None for the shipped model; returns the model in eval mode."""
+    from mmseq.runner.pretrained import from_pretrained
+
+    model = from_pretrained(checkpoint or default_model_dir())
+    if not isinstance(model, AudioClassifier):
+        raise UserError(f"{checkpoint} holds a {type(model).__name__}, not an audio classifier")
+    return model.eval()
+
+
+def _clip_samples(model: AudioClassifier) -> int:
+    cfg = (model.run_config or {}).get("data", {})
+    return round(float(cfg.get("clip_seconds", 1.0)) * model.sample_rate)
+
+
+@torch.no_grad()
+def classify_file(model: AudioClassifier, path: str | Path, *, top_k: int = 3, threshold: float = 0.5,
+                  hop_fraction: float = 0.25, max_seconds: float = 3600.0) -> Prediction:
+    """Classify one file. Windows of the clip length every ``hop_fraction`` of it cover a longer clip."""
+    wave = load_audio(path, model.sample_rate, max_seconds=max_seconds)  # [T]
+    n = _clip_samples(model)
+    if wave.shape[0] <= n:
+        windows, hop = fix_length(wave, n, align="center")[None], n
+    else:
+        hop = max(1, round(n * hop_fraction))
+        windows = sliding_windows(wave, n, hop)  # [W, n]
+    probs = torch.cat([model(chunk).softmax(-1) for chunk in windows.split(64)])  # [W, C]
+    labels = model.labels
+    # Pick the window most confident about something other than silence: a keyword in a long clip is
+    # surrounded by windows of silence that are (correctly) very sure of it.
+    speech = probs.clone()
+    if SILENCE in labels and len(labels) > 1:
+        speech[:, labels.index(SILENCE)] = -1
+    best_window = int(speech.max(-1).values.argmax())
+    if SILENCE in labels and speech.max() < probs[:, labels.index(SILENCE)].min():
+        best_window = 0
+    p = probs[best_window]
+    k = min(top_k, len(labels))
+    scores, idx = p.topk(k)
+    top = [{"label": labels[i], "score": round(float(s), 4)} for s, i in zip(scores, idx.tolist())]
+    best, score = top[0]["label"], float(scores[0])
+    label = best if score >= threshold or best == UNKNOWN else UNKNOWN
+    return Prediction(file=str(path), label=label, score=round(score, 4), best_guess=best, top_k=top,
+                      window_start_s=round(best_window * hop / model.sample_rate, 3),
+                      duration_s=round(wave.shape[0] / model.sample_rate, 3))
+
+
+def classify_files(paths: list[str | Path], checkpoint: str | Path | None = None, *, top_k: int = 3,
+                   threshold: float = 0.5) -> list[dict]:
+    """Classify every file (see ``classify_file``); returns one dict per file, in order."""
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
+    if top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {top_k}")
+    model = load_classifier(checkpoint)
+    return [asdict(classify_file(model, p, top_k=top_k, threshold=threshold)) for p in paths]
