@@ -1,0 +1,157 @@
+"""The synthetic keyword generator: Speech Commands layout, voice-disjoint splits, determinism, speech content."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mmseq.audio.keywords import BABBLE_SENTENCES, colored_noise, make_keywords
+from mmseq.audio.labels import BACKGROUND_NOISE_DIR, SC35
+from mmseq.audio.synth import ENGINES, get_engine
+from mmseq.errors import UserError
+
+HAS = {
+    "espeak": shutil.which("espeak-ng") is not None,
+    "flite": shutil.which("flite") is not None,
+    "festival": shutil.which("festival") is not None and get_engine("festival").available(),
+    "piper": get_engine("piper").available(),
+}
+# espeak and flite start in milliseconds; the tests lean on them and use the others only where they must
+FAST = [e for e in ("espeak", "flite") if HAS[e]]
+WORDS = ["yes", "no", "sheila"]
+NAME = re.compile(r"^[0-9a-f]{8}_nohash_\d+\.wav$")
+
+pytestmark = pytest.mark.skipif(not FAST, reason="needs espeak-ng or flite")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("kw") / "set"
+    summary = make_keywords(out, words=WORDS, per_word=12, seed=3, engines=FAST, jobs=1, progress=False)
+    return out, summary
+
+
+def _wavs(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.wav") if p.parent.name != BACKGROUND_NOISE_DIR)
+
+
+def test_layout_is_speech_commands(made: tuple[Path, dict]) -> None:
+    out, summary = made
+    top = {p.name for p in out.iterdir()}
+    assert top == set(WORDS) | {BACKGROUND_NOISE_DIR, "validation_list.txt", "testing_list.txt", "voices.json",
+                                "README.md", "LICENSE"}  # fmt: skip
+    files = _wavs(out)
+    assert len(files) == len(WORDS) * 12 == summary["clips"]
+    for rel in files:
+        assert NAME.match(rel.split("/")[1]), rel
+        info = sf.info(str(out / rel))
+        assert (info.samplerate, info.channels, info.frames, info.subtype) == (16000, 1, 16000, "PCM_16")
+    noise = sorted((out / BACKGROUND_NOISE_DIR).glob("*.wav"))
+    assert len(noise) >= 5
+    for p in noise:
+        info = sf.info(str(p))
+        assert info.samplerate == 16000 and info.channels == 1 and 30 * 16000 <= info.frames <= 60 * 16000
+        wave, _ = sf.read(str(p))
+        assert np.sqrt(np.mean(wave**2)) > 1e-3
+
+
+def test_splits_are_by_voice(made: tuple[Path, dict]) -> None:
+    out, summary = made
+    val = (out / "validation_list.txt").read_text().splitlines()
+    test = (out / "testing_list.txt").read_text().splitlines()
+    assert val == sorted(val) and test == sorted(test) and not set(val) & set(test)
+    files = set(_wavs(out))
+    assert set(val) <= files and set(test) <= files
+    train = files - set(val) - set(test)
+    speakers = {name: {r.split("/")[1].split("_nohash_")[0] for r in rows}
+                for name, rows in (("train", train), ("val", val), ("test", test))}  # fmt: skip
+    assert not speakers["train"] & speakers["val"]
+    assert not speakers["train"] & speakers["test"]
+    assert not speakers["val"] & speakers["test"]
+    voices = json.loads((out / "voices.json").read_text())
+    expected = {"train": "train", "val": "validation", "test": "testing"}
+    for name, sids in speakers.items():
+        assert all(voices[s]["split"] == expected[name] for s in sids)
+    for engine in FAST:
+        assert all(n > 0 for n in summary["engines"][engine]["voices"].values()), engine
+    assert sum(summary["splits"].values()) == len(files)
+
+
+def test_speech_is_present(made: tuple[Path, dict]) -> None:
+    out, _ = made
+    for rel in _wavs(out):
+        wave, sr = sf.read(str(out / rel))
+        frames = wave[: len(wave) // 1600 * 1600].reshape(-1, 1600)
+        rms = np.sqrt(np.mean(frames**2, axis=1))
+        assert 20 * np.log10(rms.max() / max(rms.min(), 1e-6)) > 15, rel
+        assert np.abs(wave).max() > 10 ** (-21 / 20)
+
+
+def test_deterministic(made: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = made
+    # same seed in two worker processes: byte-identical to the single-process run
+    again = make_keywords(tmp_path / "a", words=WORDS, per_word=12, seed=3, engines=FAST, jobs=2, progress=False)
+    files = _wavs(out)
+    assert _wavs(Path(again["out_dir"])) == files
+    for rel in [*files, "validation_list.txt", "testing_list.txt", "voices.json"]:
+        assert (out / rel).read_bytes() == (tmp_path / "a" / rel).read_bytes(), rel
+    other = make_keywords(tmp_path / "b", words=WORDS[:1], per_word=12, seed=4, engines=FAST, jobs=1, progress=False)
+    assert other["clips"] == 12
+    first = {p.read_bytes() for p in (out / "yes").glob("*.wav")}
+    assert not first & {p.read_bytes() for p in (tmp_path / "b" / "yes").glob("*.wav")}
+
+
+def test_refuses_non_empty_output(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        make_keywords(tmp_path / "x", words=["yes"], per_word=1, engines=FAST, progress=False)
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no partial folder left behind
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown speech engine"):
+        make_keywords(tmp_path / "a", words=["yes"], per_word=1, engines=["nope"], progress=False)
+    with pytest.raises(UserError, match="unknown word set"):
+        make_keywords(tmp_path / "a", words="sc99", per_word=1, engines=FAST, progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_engine_speaks(engine: str) -> None:
+    if not HAS[engine]:
+        pytest.skip(f"{engine} is not installed")
+    eng = get_engine(engine)
+    voices = eng.voices()
+    assert voices and len({v.id for v in voices}) == len(voices)
+    wave, sr = eng.synthesize("Yes!", voices[len(voices) // 2], rate=1.1, pitch=0.5)
+    assert wave.dtype == np.float32 and wave.ndim == 1 and sr > 4000
+    assert 0.1 * sr < len(wave) < 3 * sr and np.abs(wave).max() > 0.01
+
+
+def test_every_engine_in_a_set(tmp_path: Path) -> None:
+    engines = [e for e in ENGINES if HAS[e]]
+    summary = make_keywords(tmp_path / "all", words=["go"], per_word=12, engines=engines, jobs=1, progress=False)
+    assert all(summary["engines"][e]["clips"] > 0 for e in engines)
+    assert summary["clips"] == 12
+
+
+def test_babble_has_no_keywords() -> None:
+    for sentence in BABBLE_SENTENCES:
+        assert not set(re.findall(r"[a-z]+", sentence.lower())) & set(SC35), sentence
+
+
+def test_colored_noise_slopes() -> None:
+    gen = np.random.default_rng(0)
+    for color, low_heavier in (("white", False), ("pink", True), ("brown", True)):
+        x = colored_noise(16000, color, gen)
+        spec = np.abs(np.fft.rfft(x)) ** 2
+        ratio = spec[50:500].mean() / spec[4000:8000].mean()
+        assert (ratio > 5) == low_heavier, (color, ratio)
