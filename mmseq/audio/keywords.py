@@ -32,12 +32,14 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+import torch
 
-from mmseq.audio.labels import BACKGROUND_NOISE_DIR, SC35, resolve_words
+from mmseq.audio import augment
+from mmseq.audio.labels import BACKGROUND_NOISE_DIR, WORD_SETS, resolve_words
 from mmseq.audio.synth import ENGINES, Voice, get_engine
 from mmseq.errors import UserError
 
-__all__ = ["make_keywords", "colored_noise", "DEFAULT_SHARES", "BABBLE_SENTENCES"]
+__all__ = ["make_keywords", "DEFAULT_SHARES", "BABBLE_SENTENCES"]
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +114,10 @@ def speaker_id(voice_id: str) -> str:
 # signal helpers (numpy; the worker processes stay single-threaded)
 
 
-def colored_noise(num_samples: int, color: str, generator: np.random.Generator) -> np.ndarray:
-    """Gaussian noise of shape (num_samples,), float32, unit RMS, with spectrum ~ f^-a:
-    white (a=0), pink (1), brown (2), blue (-1), violet (-2). DC removed."""
-    exponents = {"white": 0.0, "pink": 1.0, "brown": 2.0, "blue": -1.0, "violet": -2.0}
-    if color not in exponents:
-        raise ValueError(f"unknown noise color {color!r}; expected one of {', '.join(exponents)}")
-    spec = np.fft.rfft(generator.standard_normal(num_samples))
-    freqs = np.arange(spec.shape[0], dtype=np.float64)
-    freqs[0] = 1.0
-    spec *= freqs ** (-exponents[color] / 2.0)
-    spec[0] = 0.0
-    out = np.fft.irfft(spec, n=num_samples)
-    return (out / (np.sqrt(np.mean(out**2)) + 1e-12)).astype(np.float32)
+def _noise(num_samples: int, color: str, gen: np.random.Generator) -> np.ndarray:
+    """Unit-RMS colored noise (T,) float32 from the shared augmentation code, seeded from ``gen``."""
+    torch_gen = torch.Generator().manual_seed(int(gen.integers(2**62)))
+    return augment.colored_noise(num_samples, color, torch_gen).numpy().astype(np.float32)
 
 
 def _highpass(wave: np.ndarray, cutoff_hz: float, sample_rate: int, order: int = 2) -> np.ndarray:
@@ -151,7 +144,6 @@ def _resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
     """Band-limited resampling (T,) -> (T * new / orig,)."""
     if orig == new:
         return wave.astype(np.float32)
-    import torch
     import torchaudio.functional as AF
 
     out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), orig, new)
@@ -217,9 +209,10 @@ def _finish_clip(
     snr_db = float(gen.uniform(20.0, 40.0))
     peak_db = float(gen.uniform(-20.0, -1.0))
     if noisy:
-        speech_power = float(np.mean(clip[offset : offset + len(speech)].astype(np.float64) ** 2)) + 1e-12
-        noise = colored_noise(total, color, gen)
-        clip = clip + noise * np.float32(np.sqrt(speech_power / 10 ** (snr_db / 10)))
+        # add_noise measures SNR over the whole clip; shift it so the SNR holds against the speech part alone
+        whole_snr = snr_db + 10 * np.log10(len(speech) / total)
+        noise = torch.from_numpy(_noise(total, color, gen))
+        clip = augment.add_noise(torch.from_numpy(clip), noise, float(whole_snr)).numpy().astype(np.float32)
     peak = float(np.max(np.abs(clip))) + 1e-12
     return (clip * np.float32(10 ** (peak_db / 20) / peak)).astype(np.float32)
 
@@ -251,12 +244,7 @@ def _make_clips(task: dict[str, Any]) -> list[tuple[str, str]]:
 def _single_thread() -> None:
     # two-core machines are shared; one thread per worker process, and the pool gives the parallelism
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,7 +284,7 @@ def _hum(seconds: float, sample_rate: int, gen: np.random.Generator, mains_hz: f
         amp = (1.0 if k % 2 else 0.35) / k ** 0.8 * (1 + 0.1 * np.sin(2 * np.pi * gen.uniform(0.05, 0.3) * t))
         out += amp * np.sin(2 * np.pi * mains_hz * k * t + gen.uniform(0, 2 * np.pi))
     out /= np.sqrt(np.mean(out**2))
-    return (out + 0.05 * colored_noise(len(t), "pink", gen)).astype(np.float32)
+    return (out + 0.05 * _noise(len(t), "pink", gen)).astype(np.float32)
 
 
 def _fan(seconds: float, sample_rate: int, gen: np.random.Generator) -> np.ndarray:
@@ -331,7 +319,7 @@ def _make_background(task: dict[str, Any]) -> str:
     gen = _rng(seed, "background", name)
     n = int(seconds * sample_rate)
     if name in ("white_noise", "pink_noise", "brown_noise"):
-        wave = colored_noise(n, name.split("_")[0], gen)
+        wave = _noise(n, name.split("_")[0], gen)
     elif name == "mains_hum":
         wave = _hum(seconds, sample_rate, gen, 50.0)
     elif name == "mains_hum_60hz":
@@ -545,6 +533,13 @@ def _run_tasks(tasks: list[tuple[str, dict, int]], jobs: int, total: int, progre
     return sorted(rows)
 
 
+def _words_arg(words: Sequence[str]) -> str:
+    for name, members in WORD_SETS.items():
+        if tuple(words) == members:
+            return name
+    return ",".join(words)
+
+
 def _write_metadata(root: Path, rows, split_of, speakers, voices, words, per_word, seed, sample_rate, names) -> None:
     rows = sorted(rows)
     by_split: dict[str, list[str]] = defaultdict(list)
@@ -566,7 +561,7 @@ def _write_metadata(root: Path, rows, split_of, speakers, voices, words, per_wor
         "Made offline with speech synthesizers by mmseq:",
         "",
         "```",
-        f"mmseq data make keywords OUT --words {','.join(words) if tuple(words) not in (SC35,) else 'sc35'} "
+        f"mmseq data make keywords OUT --words {_words_arg(words)} "
         f"--per-word {per_word} --seed {seed} --engines {','.join(names)}",
         "```",
         "",

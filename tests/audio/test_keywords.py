@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mmseq.audio.keywords import BABBLE_SENTENCES, colored_noise, make_keywords
+from mmseq.audio.keywords import BABBLE_SENTENCES, make_keywords
 from mmseq.audio.labels import BACKGROUND_NOISE_DIR, SC35
 from mmseq.audio.synth import ENGINES, get_engine
 from mmseq.errors import UserError
@@ -146,12 +146,3 @@ def test_every_engine_in_a_set(tmp_path: Path) -> None:
 def test_babble_has_no_keywords() -> None:
     for sentence in BABBLE_SENTENCES:
         assert not set(re.findall(r"[a-z]+", sentence.lower())) & set(SC35), sentence
-
-
-def test_colored_noise_slopes() -> None:
-    gen = np.random.default_rng(0)
-    for color, low_heavier in (("white", False), ("pink", True), ("brown", True)):
-        x = colored_noise(16000, color, gen)
-        spec = np.abs(np.fft.rfft(x)) ** 2
-        ratio = spec[50:500].mean() / spec[4000:8000].mean()
-        assert (ratio > 5) == low_heavier, (color, ratio)
