@@ -259,20 +259,22 @@ def _babble(seconds: float, sample_rate: int, seed: int, engines: list[str]) -> 
     voices = [v for name in engines for v in get_engine(name).voices()]
     if "piper" in engines:
         get_engine("piper").reset(_crc(f"{seed}/babble/piper"))  # type: ignore[attr-defined]
-    # ~6 talkers at a time: number of sentences ~ 6 * total duration / mean sentence length (~2.5 s)
-    count = int(6 * seconds / 2.5)
-    for i in range(count):
+    # ~6 talkers at a time: placements ~ 6 * total duration / mean sentence length (~2.5 s). Each synthesized
+    # sentence is placed 4 times (different offsets and levels): synthesis is the slow part, and with six
+    # overlapping talkers the repeats are not noticeable.
+    placements = int(6 * seconds / 2.5)
+    for i in range((placements + 3) // 4):
         voice = voices[int(gen.integers(len(voices)))]
         text = BABBLE_SENTENCES[int(gen.integers(len(BABBLE_SENTENCES)))]
         rate, pitch = float(gen.uniform(0.85, 1.2)), float(gen.uniform(-2, 2))
         wave, sr = get_engine(voice.engine).synthesize(text, voice, rate=rate, pitch=pitch)
         wave = _resample(wave, sr, sample_rate).astype(np.float64)
         wave /= np.sqrt(np.mean(wave**2)) + 1e-12
-        wave *= 10 ** (gen.uniform(-6, 0) / 20)
-        start = int(gen.integers(-len(wave) // 2, total)) if i else 0
-        lo, hi = max(0, start), min(total, start + len(wave))
-        if hi > lo:
-            out[lo:hi] += wave[lo - start : hi - start]
+        for j in range(4):
+            start = int(gen.integers(-len(wave) // 2, total)) if i or j else 0
+            lo, hi = max(0, start), min(total, start + len(wave))
+            if hi > lo:
+                out[lo:hi] += wave[lo - start : hi - start] * 10 ** (gen.uniform(-6, 0) / 20)
     return out.astype(np.float32)
 
 
