@@ -431,12 +431,15 @@ def make_keywords(
     sample_rate: int = 16000,
     jobs: int | None = None,
     progress: bool = True,
+    noise_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic spoken-keyword data set in the Speech Commands v2 layout into ``out_dir``.
 
     ``words``: "sc35", "sc10" or a list; ``per_word`` clips per word; ``engines``: subset of
     espeak, flite, festival, piper (default: every installed one); ``jobs``: worker processes (default: all
     cores; 1 runs in this process). Output is byte-identical for the same arguments regardless of ``jobs``.
+    ``noise_seconds``: length of every background-noise file (default: 30-60 s each, like Speech Commands);
+    shorter files make small sets (tests) much faster to write.
     Returns a summary: {"out_dir", "clips", "splits": {split: clips}, "engines": {engine: {"clips", "voices":
     {split: n}}}, "seconds"}.
     """
@@ -453,6 +456,8 @@ def make_keywords(
             raise UserError(f"bad keyword {w!r}: must be a plain word usable as a folder name")
     if per_word < 1:
         raise UserError(f"per_word must be at least 1, got {per_word}")
+    if noise_seconds is not None and not noise_seconds >= 1.0:
+        raise UserError(f"noise_seconds must be at least 1, got {noise_seconds}")
     names = _resolve_engines(engines)
     jobs = max(1, int(jobs if jobs is not None else (os.cpu_count() or 1)))
 
@@ -487,6 +492,7 @@ def make_keywords(
         # the babble file needs synthesis: spread over the fast engines when there are any
         babble_engines = [n for n in ("espeak", "flite") if n in voices] or list(voices)
         for name, seconds in _BACKGROUNDS:
+            seconds = float(noise_seconds) if noise_seconds is not None else seconds
             tasks.append(("background", {"name": name, "seconds": seconds, "sample_rate": sample_rate,
                                          "seed": seed, "root": str(tmp), "engines": babble_engines}, 0))  # fmt: skip
         rows = _run_tasks(tasks, jobs, len(clips), progress)
