@@ -194,7 +194,7 @@ class AudioClassificationModule(TaskModule):
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         stem = f"{self.artifact_stem}_" if self.artifact_stem else ""
-        out = Path(self.trainer.default_root_dir) / f"{stem}confusion_{stage}"
+        out = Path(self.trainer.default_root_dir) / f"{stem}confusion_{stage}"  # eval: eval_confusion_test.*
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"labels": self.labels, "matrix": matrix.tolist()}))
         save_confusion_png(matrix, self.labels, out.with_suffix(".png"), title=f"{stage} confusion")

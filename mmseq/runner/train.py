@@ -179,13 +179,15 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, out: str |
     model = task.build_model()
     model.load_state_dict(load_file(str(resolve_pretrained_dir(run_dir) / WEIGHTS)))
     module = task.build_module(model)
+    out = Path(out) if out else run_dir / "eval.json"
+    if hasattr(module, "artifact_stem"):  # files an evaluation writes (plots) are named after its output
+        module.artifact_stem = out.stem
     datamodule = task.build_datamodule()
     trainer, _ = build_trainer(task, run_dir, for_fit=False)
     val = trainer.validate(module, datamodule=datamodule, verbose=False)
     test = trainer.test(module, datamodule=datamodule, verbose=False) if _has_test(datamodule) else []
     result = {"task": task.name, "overrides": overrides, "config": to_dict(task.cfg.data),
               "val": _scalar_metrics(val[0]) if val else {}, "test": _scalar_metrics(test[0]) if test else {}}
-    out = Path(out) if out else run_dir / "eval.json"
     out.write_text(json.dumps(result, indent=2))
     result["written_to"] = str(out)
     return result
