@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from mmseq.data import resumable_loader
 from mmseq.errors import ConfigError
 from mmseq.mixers import validate_mixer_config
+from mmseq.mixers.base import aux_loss
 from mmseq.runner.config import path_field, to_dict
 from mmseq.runner.module import TaskModule
 from mmseq.runner.task import Task, register_task
@@ -160,7 +161,7 @@ class AudioClassificationModule(TaskModule):
             # Seeded by the step, so a resumed run draws the same augmentations it would have drawn.
             gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self.global_step)
             wave = self.augment(wave.cpu(), gen).to(wave.device)
-        loss = F.cross_entropy(self.model(wave).float(), labels)
+        loss = F.cross_entropy(self.model(wave).float(), labels) + aux_loss(self.model)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

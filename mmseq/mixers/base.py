@@ -90,6 +90,13 @@ def create_mixer(name: str, d_model: int, causal: bool = True, **hparams: Any) -
     return MIXERS.get(name)(d_model, causal=causal, **hparams)
 
 
+def aux_loss(model: nn.Module) -> torch.Tensor | float:
+    """Sum of the auxiliary losses (``last_aux_loss``, e.g. LongVQ's commitment loss) the mixers inside
+    ``model`` set in their last forward; 0.0 when none has one. Training steps add it to the task loss."""
+    losses = [m.last_aux_loss for m in model.modules() if getattr(m, "last_aux_loss", None) is not None]
+    return torch.stack([x.float() for x in losses]).sum() if losses else 0.0
+
+
 def stream(mixer: Mixer, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
     """Feed x [B, L, D] to ``mixer.step`` one token at a time; returns (y [B, L, D], final state)."""
     outs = []

@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from mmseq.data import resumable_loader
 from mmseq.errors import ConfigError
 from mmseq.mixers import validate_mixer_config
+from mmseq.mixers.base import aux_loss
 from mmseq.runner.config import path_field, to_dict
 from mmseq.runner.module import TaskModule
 from mmseq.runner.task import Task, register_task
@@ -110,7 +111,7 @@ class RecallModule(TaskModule):
 
     def training_step(self, batch, batch_idx):
         inputs, labels = batch[0], batch[1]
-        loss = self._loss(self.model(inputs), labels)
+        loss = self._loss(self.model(inputs), labels) + aux_loss(self.model)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

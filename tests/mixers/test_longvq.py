@@ -6,7 +6,7 @@ from mmseq.kernels import attention_ref
 
 from mmseq.mixers import create_mixer
 from mmseq.mixers.base import stream
-from mmseq.mixers.longvq import codebook_attention, lookup, quantize
+from mmseq.mixers.longvq import LongVQ, codebook_attention, lookup, quantize
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])
@@ -81,3 +81,21 @@ def test_longvq_rejects_bad_args():
         create_mixer("longvq", 16, codebook_size=0)
     with pytest.raises(ValueError, match="divisible"):
         create_mixer("longvq", 16, n_heads=3)
+
+
+def test_commitment_loss_reaches_the_training_loss():
+    """aux_loss sums every LongVQ layer's commitment loss; its gradient pulls the keys toward their codes."""
+    from mmseq.mixers.base import aux_loss
+    from mmseq.mixers.blocks import MixerStack
+
+    torch.manual_seed(0)
+    stack = MixerStack(16, 2, {"name": "longvq", **LongVQ.test_hparams, "commitment": 0.5})
+    assert aux_loss(stack) == 0.0  # nothing before a forward
+    stack(torch.randn(2, 12, 16))
+    layers = [b.mixer for b in stack.blocks]
+    expected = sum(m.last_aux_loss for m in layers)
+    total = aux_loss(stack)
+    torch.testing.assert_close(total, expected)
+    assert total > 0
+    total.backward()
+    assert all(m.z_proj.weight.grad is not None and m.z_proj.weight.grad.abs().sum() > 0 for m in layers)
