@@ -56,10 +56,13 @@ def _clip_samples(model: AudioClassifier) -> int:
 
 
 @torch.no_grad()
-def classify_file(model: AudioClassifier, path: str | Path, *, top_k: int = 3, threshold: float = 0.5,
-                  hop_fraction: float = 0.25, max_seconds: float = 3600.0) -> Prediction:
-    """Classify one file. Windows of the clip length every ``hop_fraction`` of it cover a longer clip."""
-    wave = load_audio(path, model.sample_rate, max_seconds=max_seconds)  # [T]
+def best_window_probs(model: AudioClassifier, wave: torch.Tensor, *, hop_fraction: float = 0.25
+                      ) -> tuple[torch.Tensor, float]:
+    """wave [T] at the model's rate -> (class probabilities [C] of the window that answers, its start in s).
+
+    A clip no longer than the model's clip length is one centred window. In a longer clip the window most
+    confident about something other than silence answers: a keyword in a long clip is surrounded by windows
+    that are (correctly) very sure of silence."""
     n = _clip_samples(model)
     if wave.shape[0] <= n:
         windows, hop = fix_length(wave, n, align="center")[None], n
@@ -67,24 +70,25 @@ def classify_file(model: AudioClassifier, path: str | Path, *, top_k: int = 3, t
         hop = max(1, round(n * hop_fraction))
         windows = sliding_windows(wave, n, hop)  # [W, n]
     probs = torch.cat([model(chunk).softmax(-1) for chunk in windows.split(64)])  # [W, C]
-    labels = model.labels
-    # Pick the window most confident about something other than silence: a keyword in a long clip is
-    # surrounded by windows of silence that are (correctly) very sure of it.
     speech = probs.clone()
-    if SILENCE in labels and len(labels) > 1:
-        speech[:, labels.index(SILENCE)] = -1
-    best_window = int(speech.max(-1).values.argmax())
-    if SILENCE in labels and speech.max() < probs[:, labels.index(SILENCE)].min():
-        best_window = 0
-    p = probs[best_window]
-    k = min(top_k, len(labels))
-    scores, idx = p.topk(k)
+    if SILENCE in model.labels and len(model.labels) > 1:
+        speech[:, model.labels.index(SILENCE)] = -1
+    best = int(speech.max(-1).values.argmax())
+    return probs[best], best * hop / model.sample_rate
+
+
+def classify_file(model: AudioClassifier, path: str | Path, *, top_k: int = 3, threshold: float = 0.5,
+                  hop_fraction: float = 0.25, max_seconds: float = 3600.0) -> Prediction:
+    """Classify one file (see ``best_window_probs``); a best score under ``threshold`` becomes _unknown_."""
+    wave = load_audio(path, model.sample_rate, max_seconds=max_seconds)  # [T]
+    p, start = best_window_probs(model, wave, hop_fraction=hop_fraction)
+    labels = model.labels
+    scores, idx = p.topk(min(top_k, len(labels)))
     top = [{"label": labels[i], "score": round(float(s), 4)} for s, i in zip(scores, idx.tolist())]
     best, score = top[0]["label"], float(scores[0])
     label = best if score >= threshold or best == UNKNOWN else UNKNOWN
     return Prediction(file=str(path), label=label, score=round(score, 4), best_guess=best, top_k=top,
-                      window_start_s=round(best_window * hop / model.sample_rate, 3),
-                      duration_s=round(wave.shape[0] / model.sample_rate, 3))
+                      window_start_s=round(start, 3), duration_s=round(wave.shape[0] / model.sample_rate, 3))
 
 
 def classify_files(paths: list[str | Path], checkpoint: str | Path | None = None, *, top_k: int = 3,
