@@ -130,3 +130,22 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     code, err = _main(capsys, "train", cfg, "data.augment.snr=3")
     assert code == 2 and "data.augment" in err
     assert not (tmp_path / "r").exists()  # nothing written before the config is valid
+
+
+def test_robustness_benchmark_runs(trained_run, tiny_keywords, repo_root, capsys):
+    import importlib.util
+    import warnings
+
+    spec = importlib.util.spec_from_file_location("keyword_robustness", repo_root / "benchmarks" /
+                                                  "keyword_robustness.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run_dir, _ = trained_run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 4-word set lacks most SC35 folders
+        assert bench.main(["--checkpoint", str(run_dir), "--root", str(tiny_keywords), "--limit", "8"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "condition" not in line]
+    assert len(rows) == len(bench.CONDITIONS)
+    clean = float(rows[0].split("|")[2])
+    assert clean > 0.5  # the trained model on its own clean test clips
