@@ -60,7 +60,7 @@ def _cmd_data_make(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output folder {out} already exists and is not empty; choose a new folder")
     keyword_options = {"--words": args.words, "--per-word": args.per_word, "--engines": args.engines,
-                       "--jobs": args.jobs}
+                       "--jobs": args.jobs, "--noise-seconds": args.noise_seconds}
     if args.dataset == "keywords":
         return _make_keywords(args, out)
     given = [k for k, v in keyword_options.items() if v is not None]
@@ -80,7 +80,7 @@ def _make_keywords(args: argparse.Namespace, out: Path) -> int:
                         f"see `mmseq data make --help`")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
     summary = make_keywords(out, words=args.words or "sc35", per_word=args.per_word or 200, seed=args.seed,
-                            engines=engines, jobs=args.jobs)
+                            engines=engines, jobs=args.jobs, noise_seconds=args.noise_seconds)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--engines", help="keywords: comma-separated speech engines (espeak,flite,festival,piper; "
                                       "default all installed)")
     dm.add_argument("--jobs", type=int, help="keywords: worker processes (default: CPU count)")
+    dm.add_argument("--noise-seconds", type=float,
+                    help="keywords: length of each background-noise file (default 30-60 s)")
     dm.set_defaults(func=_cmd_data_make)
 
     c = sub.add_parser("classify-audio", help="classify audio clips with a keyword model",
