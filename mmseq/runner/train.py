@@ -152,7 +152,8 @@ def train(config: str | Path | None = None, overrides: list[str] | None = None, 
         "train_time_s": train_time,
     }
     if trainer.is_global_zero:
-        save_pretrained(model, run_dir / "model", task.export_config())
+        # A model may add what it needs to load on its own (e.g. class names) to its run_config.
+        save_pretrained(model, run_dir / "model", getattr(model, "run_config", None) or task.export_config())
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from mmseq.audio.io import load_audio, save_audio
 from mmseq.cli import main
@@ -57,8 +58,8 @@ def test_run_folder_has_confusion_matrix_png_and_counts(trained_run):
     assert data["labels"] == sorted(WORDS)
     matrix = torch.tensor(data["matrix"])
     assert matrix.shape == (4, 4) and int(matrix.sum()) > 0
-    cfg = (run_dir / "model" / "config.yaml").read_text()
-    assert "labels" in cfg  # the exported model names its classes
+    cfg = yaml.safe_load((run_dir / "model" / "config.yaml").read_text())
+    assert cfg["model"]["labels"] == sorted(WORDS)  # the exported model names its classes
 
 
 def test_streaming_classification_matches_the_batch_model(trained_run, tiny_keywords):
@@ -149,3 +150,46 @@ def test_robustness_benchmark_runs(trained_run, tiny_keywords, repo_root, capsys
     assert len(rows) == len(bench.CONDITIONS)
     clean = float(rows[0].split("|")[2])
     assert clean > 0.5  # the trained model on its own clean test clips
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts the class index stored in the first sample of each clip."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, wave):
+        return torch.nn.functional.one_hot(wave[:, 0].round().long(), self.n).float() * 10 + self.dummy
+
+
+def test_metrics_accuracy_f1_and_sc10_subset(tmp_path):
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mmseq.audio.labels import SC10, SC35, SILENCE
+    from mmseq.audio.task import AudioClassificationModule
+
+    labels = [*SC35, SILENCE]
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, len(labels), (400,), generator=gen)
+    preds = torch.where(torch.rand(400, generator=gen) < 0.7, truth, torch.randint(0, len(labels), (400,),
+                                                                                     generator=gen))
+    waves = torch.zeros(400, 160)
+    waves[:, 0] = preds.float()
+    module = AudioClassificationModule(_Oracle(len(labels)), {"lr": 1e-3}, 1, labels, augment=None)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         default_root_dir=str(tmp_path), accelerator="cpu")
+    out = trainer.test(module, DataLoader(TensorDataset(waves, truth), batch_size=64), verbose=False)[0]
+    assert out["test/acc"] == pytest.approx(float((preds == truth).float().mean()), abs=1e-6)
+    sc10 = torch.isin(truth, torch.tensor([labels.index(w) for w in SC10]))
+    assert out["test/acc_sc10"] == pytest.approx(float((preds == truth)[sc10].float().mean()), abs=1e-6)
+    f1 = []
+    for c in range(len(labels)):  # every class occurs among 400 draws
+        tp = ((preds == c) & (truth == c)).sum().item()
+        fp = ((preds == c) & (truth != c)).sum().item()
+        fn = ((preds != c) & (truth == c)).sum().item()
+        f1.append(2 * tp / (2 * tp + fp + fn))
+    assert out["test/f1"] == pytest.approx(sum(f1) / len(f1), abs=1e-5)
+    assert (tmp_path / "confusion_test.png").is_file()
