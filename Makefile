@@ -39,6 +39,7 @@ quickstart: setup
 	$(VENV)/bin/mmseq eval $(QUICKSTART_RUN)
 	$(VENV)/bin/mmseq classify-audio --checkpoint $(QUICKSTART_RUN) \
 		$$(sed -n '1p;40p;80p' $(QUICKSTART_DATA)/testing_list.txt | sed 's|^|$(QUICKSTART_DATA)/|')
+	$(VENV)/bin/mmseq classify-audio $$(sed -n '1p;40p;80p' $(QUICKSTART_DATA)/testing_list.txt | sed 's|^|$(QUICKSTART_DATA)/|')
 
 # The first main job: multi-query associative recall with a 2-layer attention model (about a minute).
 QUICKSTART_MQAR_RUN := runs/quickstart-mqar-$(shell date +%Y%m%d-%H%M%S)
