@@ -78,6 +78,9 @@ def _as_tensors(ds: Dataset) -> TensorDataset:
     return TensorDataset(torch.stack(waves), torch.tensor(labels, dtype=torch.long))
 
 
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
 class KeywordsDataModule(pl.LightningDataModule):
     """Train/val/test splits of fixed-length clips; the train order is step-resumable."""
 
@@ -99,16 +102,18 @@ class KeywordsDataModule(pl.LightningDataModule):
                               clip_seconds=d.clip_seconds, seed=self.seed, cache=False)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+        """Decode the splits a stage needs (an evaluation never reads the training clips)."""
         if not Path(self.cfg.root).is_dir():
             raise ConfigError(f"config key 'data.root': folder {self.cfg.root} does not exist; make the built-in "
                               f"set with `mmseq data make keywords {self.cfg.root}` or point it at a Speech "
                               f"Commands v2 folder")
-        for split in ("train", "val", "test"):
+        for split in _STAGE_SPLITS.get(stage, ("train", "val", "test")):
+            if split in self.splits:
+                continue
             ds = self.make_split(split)
+            self.labels = self.labels or list(ds.labels)  # every split has the same class list
             if split == "train":
-                self.labels, self.background = list(ds.labels), list(ds.background_noise)
+                self.background = list(ds.background_noise)
             if len(ds) == 0:
                 raise ConfigError(f"config key 'data.root': {self.cfg.root} has no {split} clips")
             self.splits[split] = _as_tensors(ds)
