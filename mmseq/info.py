@@ -51,7 +51,15 @@ def collect_info() -> dict:
         "triton_interpret": triton_interpret(),
         "default_kernel_path": "triton" if cuda and triton_importable() else "torch",
         "kernel_paths": ops,
+        "speech_engines": _speech_engines(),
     }
+
+
+def _speech_engines() -> dict[str, bool]:
+    """Which synthesizers `mmseq data make keywords` can use here."""
+    from mmseq.audio.synth import ENGINES, get_engine
+
+    return {name: get_engine(name).available() for name in ENGINES}
 
 
 def format_info(info: dict) -> str:
@@ -64,4 +72,7 @@ def format_info(info: dict) -> str:
     lines.append(f"kernel paths (default: {info['default_kernel_path']}):")
     for op, paths in info["kernel_paths"].items():
         lines.append(f"  {op:16s} {', '.join(paths) if paths else 'not built yet'}")
+    engines = info.get("speech_engines", {})
+    lines.append("speech engines (mmseq data make keywords): "
+                 + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in engines.items()))
     return "\n".join(lines)

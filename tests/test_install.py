@@ -10,11 +10,11 @@ import pytest
 def test_help_lists_verbs(tmp_path, run_cli):
     r = run_cli("--help", cwd=tmp_path)
     assert r.returncode == 0
-    for verb in ("train", "eval", "info", "data"):
+    for verb in ("train", "eval", "info", "data", "classify-audio"):
         assert verb in r.stdout
 
 
-@pytest.mark.parametrize("verb", [["train"], ["eval"], ["info"], ["data"], ["data", "make"]])
+@pytest.mark.parametrize("verb", [["train"], ["eval"], ["info"], ["data"], ["data", "make"], ["classify-audio"]])
 def test_every_verb_has_help(tmp_path, verb, run_cli):
     r = run_cli(*verb, "--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -30,6 +30,10 @@ def test_info_reports_versions_and_kernel_paths(tmp_path, run_cli):
     assert info["versions"]["torch"].startswith("2.")
     assert set(info["kernel_paths"]) == {"selective_scan", "causal_conv1d", "fft_conv", "attention"}
     assert info["default_kernel_path"] in ("torch", "triton")
+    import shutil
+
+    assert info["speech_engines"]["espeak"] == (shutil.which("espeak-ng") is not None)
+    assert set(info["speech_engines"]) == {"espeak", "flite", "festival", "piper"}
 
 
 def test_no_top_level_kernels_module_installed(tmp_path):
