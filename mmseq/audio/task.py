@@ -101,12 +101,15 @@ class KeywordsDataModule(pl.LightningDataModule):
                               silence_fraction=d.silence_fraction, sample_rate=d.sample_rate,
                               clip_seconds=d.clip_seconds, seed=self.seed, cache=False)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Decode the splits a stage needs (an evaluation never reads the training clips)."""
+    def check_root(self) -> None:
         if not Path(self.cfg.root).is_dir():
             raise ConfigError(f"config key 'data.root': folder {self.cfg.root} does not exist; make the built-in "
                               f"set with `mmseq data make keywords {self.cfg.root}` or point it at a Speech "
                               f"Commands v2 folder")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Decode the splits a stage needs (an evaluation never reads the training clips)."""
+        self.check_root()
         for split in _STAGE_SPLITS.get(stage, ("train", "val", "test")):
             if split in self.splits:
                 continue
@@ -283,9 +286,9 @@ class KeywordsTask(Task):
 
     def data_labels(self) -> list[str]:
         """Class names in index order as the data defines them (reads folder names and split lists)."""
-        if not Path(self.cfg.data.root).is_dir():
-            self.build_datamodule().setup()  # raises the error that names data.root
-        return list(self.build_datamodule().make_split("train").labels)
+        datamodule = self.build_datamodule()
+        datamodule.check_root()
+        return list(datamodule.make_split("train").labels)
 
     def _build(self, labels: list[str]) -> AudioClassifier:
         m = {k: v for k, v in to_dict(self.cfg.model).items() if k != "labels"}
