@@ -3,6 +3,7 @@
     python benchmarks/mixers.py --part speed                       # every mixer, L = 256 ... 16384, CPU
     python benchmarks/mixers.py --part speed --mixers mamba attention --plot speed.png
     python benchmarks/mixers.py --part mqar --lengths 256 512 --steps 600
+    python benchmarks/mixers.py --part mqar --lengths 1024 4096 --tokens-per-step 16384 --num-test 250
     python benchmarks/mixers.py --quick                            # both parts on tiny shapes, a smoke run
     python benchmarks/mixers.py --part all --markdown benchmarks/RESULTS.md
 
@@ -20,10 +21,11 @@ approach 2, linear and L log L ones 1.
 mqar: each mixer is trained on multi-query associative recall through the runner
 (``mmseq.runner.train.train``) from ``configs/synthetic/mqar_<name>.yaml`` (``mqar_attention.yaml`` with the
 mixer swapped in when a mixer has none) for ``--steps`` steps at each length of ``--lengths``, with 8
-key-value pairs and a 256-token vocabulary at every length, so only the distance to recall changes. The
-table gives the test accuracy of each (mixer, L). Run folders go to a temporary folder (``--keep-runs DIR``
-to keep them). ``--max-minutes`` stops starting new runs once the next would likely end past the budget;
-runs not started are listed as such.
+key-value pairs and a 256-token vocabulary at every length, so only the distance to recall changes. With
+``--tokens-per-step N`` the batch is N // L sequences, so every length trains on the same number of tokens
+(and, by default, each training sequence is seen once). The table gives the test accuracy of each (mixer, L).
+Run folders go to a temporary folder (``--keep-runs DIR`` to keep them). ``--max-minutes`` stops starting
+new runs once the next would likely end past the budget; runs not started are listed as such.
 
 Nothing is written unless ``--markdown FILE`` is given; each table is then appended to FILE under a line
 with the date, the device, the torch version and the command.
@@ -306,6 +308,7 @@ class Run:
     acc: float | None = None
     val_acc: float | None = None
     steps: int | None = None
+    batch: int | None = None
     train_s: float | None = None
     note: str = ""
 
@@ -324,6 +327,13 @@ def mqar_config(name: str, tmp: Path) -> tuple[Path, str]:
     return path, "mqar_attention.yaml (mixer swapped)"
 
 
+def mqar_batch(L: int, args: argparse.Namespace) -> int | None:
+    """Sequences per step: ``--tokens-per-step // L`` (at least 1), or None to keep the config's batch."""
+    if args.tokens_per_step is None:
+        return None
+    return max(1, args.tokens_per_step // L)
+
+
 def mqar_overrides(name: str, L: int, args: argparse.Namespace) -> list[str]:
     from mmseq.mixers.base import mixer_hparams
 
@@ -337,8 +347,18 @@ def mqar_overrides(name: str, L: int, args: argparse.Namespace) -> list[str]:
         "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu" if args.device == "cpu" else "trainer.accelerator=gpu",
     ]
-    if args.num_train is not None:
-        out.append(f"data.num_train={args.num_train}")
+    batch = mqar_batch(L, args)
+    if batch is not None:
+        out.append(f"data.batch_size={batch}")
+    num_train = args.num_train
+    if num_train is None and batch is not None:
+        num_train = args.steps * batch  # every training sequence is fresh
+    if num_train is not None:
+        out.append(f"data.num_train={num_train}")
+    if args.num_val is not None:
+        out.append(f"data.num_val={args.num_val}")
+    if args.num_test is not None:
+        out.append(f"data.num_test={args.num_test}")
     if "l_max" in mixer_hparams(name):
         out.append(f"model.mixer.l_max={L}")
     return out
@@ -373,6 +393,11 @@ def run_mqar(mixers: list[str], lengths: list[int], args: argparse.Namespace) ->
                 t0 = time.perf_counter()
                 try:
                     config, run.config = mqar_config(name, tmp)
+                    run.batch = mqar_batch(L, args)
+                    if run.batch is None:
+                        from omegaconf import OmegaConf
+
+                        run.batch = int(OmegaConf.load(config).data.batch_size)
                     metrics = train(config, mqar_overrides(name, L, args), run_dir=root / f"{name}-L{L}")
                     run.acc = metrics["test"].get("test/acc")
                     run.val_acc = metrics["val"].get("val/acc")
@@ -421,10 +446,11 @@ def slope_table(rows: list[Slopes]) -> str:
 
 
 def mqar_table(runs: list[Run]) -> str:
-    header = ["mixer", "L", "config", "steps", "test/acc", "val/acc", "train s", "note"]
-    body = [[r.mixer, str(r.L), r.config or "-", str(r.steps) if r.steps is not None else "-", _f(r.acc, ".3f"),
-             _f(r.val_acc, ".3f"), _f(r.train_s, ".0f"), r.note] for r in runs]
-    return render(header, body, {"L", "steps", "test/acc", "val/acc", "train s"})
+    header = ["mixer", "L", "config", "batch", "steps", "test/acc", "val/acc", "train s", "note"]
+    body = [[r.mixer, str(r.L), r.config or "-", str(r.batch) if r.batch is not None else "-",
+             str(r.steps) if r.steps is not None else "-", _f(r.acc, ".3f"), _f(r.val_acc, ".3f"),
+             _f(r.train_s, ".0f"), r.note] for r in runs]
+    return render(header, body, {"L", "batch", "steps", "test/acc", "val/acc", "train s"})
 
 
 def plot(cells: list[Cell], path: Path) -> None:
@@ -492,7 +518,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m.add_argument("--steps", type=int, default=None, help="training steps per run (default 600; 4 with --quick)")
     m.add_argument("--vocab-size", type=int, default=256, help="MQAR vocabulary (default 256)")
     m.add_argument("--num-kv-pairs", type=int, default=8, help="key-value pairs per sequence (default 8)")
-    m.add_argument("--num-train", type=int, default=None, help="training sequences (default: the config's)")
+    m.add_argument("--tokens-per-step", type=int, default=None, metavar="N",
+                   help="batch = N // L sequences per step, so every length trains on the same number of tokens\n"
+                        "(default: the config's batch at every length)")
+    m.add_argument("--num-train", type=int, default=None,
+                   help="training sequences (default: steps x batch with --tokens-per-step, else the config's)")
+    m.add_argument("--num-val", type=int, default=None, help="validation sequences (default: the config's)")
+    m.add_argument("--num-test", type=int, default=None, help="test sequences (default: the config's)")
     m.add_argument("--max-minutes", type=float, default=None,
                    help="start no run that would likely end past this many minutes of the MQAR part")
     m.add_argument("--keep-runs", type=Path, default=None, metavar="DIR", help="write run folders under DIR")
@@ -551,8 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         text = mqar_table(runs)
         print(text, flush=True)
         if args.markdown is not None:
+            per_step = (f", {args.tokens_per_step} tokens per step" if args.tokens_per_step is not None else "")
             title = (f"MQAR test accuracy after {args.steps} steps ({args.num_kv_pairs} key-value pairs, "
-                     f"vocabulary {args.vocab_size})")
+                     f"vocabulary {args.vocab_size}{per_step})")
             write_markdown(args.markdown, text, device, title=title)
     return 0
 

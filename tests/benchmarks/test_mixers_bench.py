@@ -102,3 +102,13 @@ def test_mqar_runs_pass_l_max_only_to_mixers_that_take_it(bench, tmp_path):
     assert path.name == "mqar_mamba.yaml" and path.is_file()
     path, label = bench.mqar_config("no_such_mixer", tmp_path)
     assert "mqar_attention.yaml" in label and "no_such_mixer" in path.read_text()
+
+
+def test_tokens_per_step_sets_batch_and_fresh_training_data(bench):
+    args = bench.parse_args(["--part", "mqar", "--steps", "600", "--tokens-per-step", "16384", "--num-test", "250"])
+    ov = bench.mqar_overrides("s4d", 4096, args)
+    assert "data.batch_size=4" in ov and "data.num_train=2400" in ov and "data.num_test=250" in ov
+    assert "data.batch_size=16" in bench.mqar_overrides("s4d", 1024, args)
+    assert "data.batch_size=1" in bench.mqar_overrides("s4d", 32768, args)  # never below one sequence
+    plain = bench.mqar_overrides("s4d", 1024, bench.parse_args(["--part", "mqar"]))
+    assert not any(o.startswith(("data.batch_size", "data.num_train", "data.num_test")) for o in plain)
