@@ -541,6 +541,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         unknown = sorted(set(args.mixers) - set(known))
         if unknown:
             p.error(f"unknown mixer(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    for flag, unit in (("tokens_per_step", "tokens"), ("num_train", "sequences"), ("num_val", "sequences"),
+                       ("num_test", "sequences")):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be a positive number of {unit}, got {value}")
     if args.speed_lengths is None:
         args.speed_lengths = list(QUICK_LENGTHS if args.quick else LENGTHS)
     if args.lengths is None:

@@ -112,3 +112,10 @@ def test_tokens_per_step_sets_batch_and_fresh_training_data(bench):
     assert "data.batch_size=1" in bench.mqar_overrides("s4d", 32768, args)  # never below one sequence
     plain = bench.mqar_overrides("s4d", 1024, bench.parse_args(["--part", "mqar"]))
     assert not any(o.startswith(("data.batch_size", "data.num_train", "data.num_test")) for o in plain)
+
+
+@pytest.mark.parametrize("flag", ["--tokens-per-step", "--num-test"])
+def test_non_positive_sizes_are_refused_with_the_flag_named(bench, flag, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--part", "mqar", flag, "0"])
+    assert f"{flag} must be a positive number" in capsys.readouterr().err
