@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+from types import SimpleNamespace
 
 import torch
 
@@ -26,6 +27,34 @@ def triton_importable() -> bool:
     return True
 
 
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+# Stand-ins for ``triton`` and ``triton.language`` when Triton does not import: ``@triton.jit`` leaves the function
+# as it is and ``tl.constexpr`` annotations evaluate, so a kernel module still imports and its ref and torch paths
+# run. No kernel can launch through them: ``pick_impl`` refuses ``impl="triton"`` before any launcher runs.
+NO_TRITON = SimpleNamespace(
+    jit=lambda fn=None, **_: fn if fn is not None else (lambda f: f),
+    cdiv=lambda a, b: -(-a // b),
+    next_power_of_2=_next_power_of_2,
+)
+NO_TRITON_LANGUAGE = SimpleNamespace(constexpr=object)
+
+
+def load_triton() -> tuple:
+    """``(triton, triton.language)`` when Triton imports, else the stand-ins ``(NO_TRITON, NO_TRITON_LANGUAGE)``.
+
+    Each kernel module starts with ``triton, tl = load_triton()``.
+    """
+    if triton_importable():
+        import triton
+        import triton.language as tl
+
+        return triton, tl
+    return NO_TRITON, NO_TRITON_LANGUAGE
+
+
 def triton_interpret() -> bool:
     """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -38,6 +67,17 @@ def triton_usable(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     return triton_interpret()
+
+
+def kernel_runnable(kernel, device: torch.device) -> bool:
+    """Whether the Triton ``kernel`` (a module-level ``@triton.jit`` function) can launch on ``device`` here.
+
+    On CUDA that is ``triton_usable``. On the CPU the kernel must also have been built for the interpreter, which
+    happens only when ``TRITON_INTERPRET=1`` was set before its module was first imported.
+    """
+    if not triton_usable(device):
+        return False
+    return device.type == "cuda" or type(kernel).__name__ == "InterpretedFunction"
 
 
 def pick_impl(op: str, impl: str | None, device: torch.device) -> str:

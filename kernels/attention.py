@@ -65,16 +65,9 @@ the cache, reproducing the causal (or causal sliding-window) forward token by to
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import check_float, check_tensor, pick_impl, shape_str, triton_importable, triton_usable
+from ._dispatch import check_float, check_tensor, kernel_runnable, load_triton, pick_impl, shape_str, triton_importable
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton ships with Linux x86_64 torch wheels
-    import types
-
-    triton = types.SimpleNamespace(jit=lambda fn: fn, cdiv=lambda a, b: -(-a // b))
-    tl = types.SimpleNamespace(constexpr=object)
+triton, tl = load_triton()  # stand-ins without Triton: the module imports, impl="triton" is refused
 
 __all__ = ["KVCache", "attention", "attention_mask", "attention_ref", "attention_torch", "attention_triton"]
 
@@ -511,16 +504,9 @@ def _attn_bwd_dq_kernel(
     tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=m_m[:, None] & (o_k[None, :] < P))
 
 
-def _triton_interpreted() -> bool:
-    """True when the kernels above were built for the CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return type(_attn_fwd_kernel).__name__ == "InterpretedFunction"
-
-
 def _triton_ready(device: torch.device) -> bool:
     """Whether the Triton kernels of this module can run on ``device`` in this process."""
-    if not triton_usable(device):
-        return False
-    return device.type == "cuda" or _triton_interpreted()
+    return kernel_runnable(_attn_fwd_kernel, device)
 
 
 def _launch_config(q, v):

@@ -39,16 +39,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import check_float, check_tensor, pick_impl, shape_str, triton_importable
+from ._dispatch import check_float, check_tensor, load_triton, pick_impl, shape_str
 
-if triton_importable():
-    import triton
-    import triton.language as tl
-else:  # the module stays importable; impl="triton" is refused by pick_impl
-    from types import SimpleNamespace
-
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=None)
+triton, tl = load_triton()  # stand-ins without Triton: the module imports, impl="triton" is refused
 
 __all__ = ["fft_conv", "fft_conv_ref", "fft_conv_torch"]
 

@@ -38,16 +38,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import check_float, check_tensor, pick_impl, shape_str, triton_importable
+from ._dispatch import check_float, check_tensor, load_triton, pick_impl, shape_str
 
-if triton_importable():
-    import triton
-    import triton.language as tl
-else:  # the module stays importable; impl="triton" is refused by pick_impl
-    from types import SimpleNamespace
-
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=None)
+triton, tl = load_triton()  # stand-ins without Triton: the module imports, impl="triton" is refused
 
 __all__ = [
     "selective_scan",

@@ -1,32 +1,24 @@
 """mmseq.kernels.attention: every path against the float64 reference, CAB patterns, memory, KV cache.
 
-Triton runs under TRITON_INTERPRET=1 on the CPU (set below before the kernels are built) and on CUDA when
+Triton runs under TRITON_INTERPRET=1 on the CPU (set by tests/conftest.py before the kernels are built) and on CUDA when
 present. Errors are reported as relative RMS (rel) and max abs error (abs).
 """
 
 import importlib
 import math
-import os
 from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
+from mmseq.kernels.attention import KVCache, attention, attention_mask, attention_ref
+from torch.utils._python_dispatch import TorchDispatchMode
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import torch.nn.functional as F  # noqa: E402
-from mmseq.kernels.attention import KVCache, attention, attention_mask, attention_ref  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from tests.kernels._helpers import DEVICE, assert_close, marked, triton_marks
 
 attention_module = importlib.import_module("mmseq.kernels.attention")  # the module, not the function
 
-TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TRITON_READY = attention_module._triton_ready(TRITON_DEVICE)
-needs_triton = pytest.mark.skipif(
-    not TRITON_READY,
-    reason="Triton unavailable here (not installed, or kernels built before TRITON_INTERPRET=1 was set)",
-)
+TRITON = triton_marks(attention_module._attn_fwd_kernel)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -77,23 +69,15 @@ def _run(impl, q, k, v, g, kpm, dtype, device="cpu", **kwargs):
     return {"out": out, "dq": xs[0].grad, "dk": xs[1].grad, "dv": xs[2].grad}
 
 
-def _errors(got, ref, floor=1e-2):
-    """(relative RMS, max abs) of ``got`` against ``ref``; the RMS floor keeps exact-zero refs meaningful
-    (with one key, dq and dk are exactly zero and a path returns rounding noise)."""
-    a, b = got.detach().double().cpu(), ref.detach().double().cpu()
-    assert torch.isfinite(a).all(), "non-finite values"
-    rms = lambda t: t.pow(2).mean().sqrt().item() if t.numel() else 0.0
-    return rms(a - b) / max(rms(b), floor), (a - b).abs().max().item() if a.numel() else 0.0
-
-
 def _check_against_ref(impl, case, dtype, tol, device="cpu"):
+    """Output and gradients against the float64 reference by relative RMS error; the RMS floor of 1e-2 keeps
+    exact-zero references meaningful (with one key, dq and dk are exactly zero and a path returns rounding noise)."""
     q, k, v, g, kpm = _inputs(case)
     ref = _run("ref", q, k, v, g, kpm, torch.float64, **case.kwargs)
     got = _run(impl, q, k, v, g, kpm, dtype, device, **case.kwargs)
     for name in ("out", "dq", "dk", "dv"):
         assert got[name].dtype == dtype, f"{name} dtype {got[name].dtype}"
-        rel, mx = _errors(got[name], ref[name])
-        assert rel < tol, f"{impl} {case.id} {name}: rel {rel:.2e} (bar {tol:.0e}), abs {mx:.2e}"
+    assert_close(got, ref, tol, floor=1e-2, label=f"{impl} {case.id}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -197,23 +181,20 @@ TRITON_BF16_CASES = [
 ]
 
 
-@pytest.mark.triton
-@needs_triton
+@marked(TRITON)
 @pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: c.id)
 def test_triton_matches_ref_fp32(case):
-    _check_against_ref("triton", case, torch.float32, 1e-4, TRITON_DEVICE)
+    _check_against_ref("triton", case, torch.float32, 1e-4, DEVICE)
 
 
-@pytest.mark.triton
-@needs_triton
+@marked(TRITON)
 @pytest.mark.parametrize("case", TRITON_BF16_CASES, ids=lambda c: c.id)
 def test_triton_matches_ref_bf16(case):
-    _check_against_ref("triton", case, torch.bfloat16, 2e-2, TRITON_DEVICE)
+    _check_against_ref("triton", case, torch.bfloat16, 2e-2, DEVICE)
 
 
 @pytest.mark.slow
-@pytest.mark.triton
-@needs_triton
+@marked(TRITON)
 @pytest.mark.parametrize(
     "case",
     [
@@ -226,13 +207,12 @@ def test_triton_matches_ref_bf16(case):
     ids=lambda c: c.id,
 )
 def test_triton_matches_ref_larger(case):
-    _check_against_ref("triton", case, torch.float32, 1e-4, TRITON_DEVICE)
+    _check_against_ref("triton", case, torch.float32, 1e-4, DEVICE)
 
 
-@pytest.mark.triton
-@needs_triton
+@marked(TRITON)
 def test_triton_rejects_float64():
-    q = torch.randn(1, 1, 4, 8, dtype=torch.float64, device=TRITON_DEVICE)
+    q = torch.randn(1, 1, 4, 8, dtype=torch.float64, device=DEVICE)
     with pytest.raises(ValueError, match="float64"):
         attention(q, q, q, impl="triton")
 
@@ -241,11 +221,11 @@ def test_triton_rejects_float64():
 # CAB patterns
 # ----------------------------------------------------------------------------------------------------------
 
-IMPLS = ["ref", "torch", pytest.param("triton", marks=[pytest.mark.triton, needs_triton])]
+IMPLS = ["ref", "torch", pytest.param("triton", marks=TRITON)]
 
 
 def _device(impl):
-    return TRITON_DEVICE if impl == "triton" else torch.device("cpu")
+    return DEVICE if impl == "triton" else torch.device("cpu")
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -6,30 +6,17 @@ Triton runs in its CPU interpreter when no GPU is present (small shapes), and on
 """
 
 import importlib
-import os
+import math
 from typing import NamedTuple
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first import of triton by this module's kernels
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from mmseq.kernels._dispatch import triton_usable  # noqa: E402
+from tests.kernels._helpers import DEVICE, assert_close, marked, triton_marks
 
 cc = importlib.import_module("mmseq.kernels.causal_conv1d")  # the module, not the function
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _triton_ready() -> bool:
-    if not triton_usable(DEVICE):
-        return False
-    # on the CPU the kernels must have been built for the interpreter, i.e. imported after TRITON_INTERPRET=1
-    return DEVICE.type == "cuda" or type(cc._causal_conv1d_fwd_kernel).__name__ == "InterpretedFunction"
-
-
-TRITON = [pytest.mark.triton, pytest.mark.skipif(not _triton_ready(), reason="Triton kernels cannot run here")]
+TRITON = triton_marks(cc._causal_conv1d_fwd_kernel, cc._causal_conv1d_bwd_kernel, cc._causal_conv1d_update_kernel)
 FAST_PATHS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton", marks=TRITON)]
 ALL_PATHS = [pytest.param("ref", id="ref"), *FAST_PATHS]
 
@@ -91,22 +78,6 @@ def _run(impl: str, case: Case, inputs: dict, cots: dict) -> dict:
     return out
 
 
-def _assert_close(got: dict, want: dict, tol: float) -> None:
-    bad = []
-    for name, w in want.items():
-        g = got[name]
-        assert g is not None, f"{name}: missing"
-        assert g.shape == w.shape, f"{name}: shape {tuple(g.shape)} != {tuple(w.shape)}"
-        if w.numel() == 0:
-            continue
-        diff = g.double() - w.double()
-        max_abs = diff.abs().max().item()
-        rel = (diff.norm() / w.double().norm().clamp_min(1e-300)).item()
-        if not rel <= tol:
-            bad.append(f"{name}: max abs err {max_abs:.3g}, rel rms {rel:.3g} > {tol:g}")
-    assert not bad, "; ".join(bad)
-
-
 def _check_against_ref(impl: str, case: Case, dtype: torch.dtype) -> None:
     inputs, cots = _make(case, dtype)
     got = _run(impl, case, inputs, cots)
@@ -114,7 +85,7 @@ def _check_against_ref(impl: str, case: Case, dtype: torch.dtype) -> None:
         assert t.dtype == dtype, f"{name} has dtype {t.dtype}, expected {dtype}"
     to64 = lambda d: {n: None if t is None else t.double() for n, t in d.items()}
     want = _run("ref", case, to64(inputs), to64(cots))
-    _assert_close(got, want, TOL[dtype])
+    assert_close(got, want, TOL[dtype], label=f"{impl} {dtype}")
 
 
 def _path_case_params(names: list[str]) -> list:
@@ -145,8 +116,7 @@ def test_bf16_matches_reference(impl, case):
     [Case(1, 5, 30, 4, True, True, True), Case(1, 5, 21, 3, False, False, True)],
     ids=["L30-K4-D5-bias-silu-init", "L21-K3-D5-init"],
 )
-@pytest.mark.triton
-@pytest.mark.skipif(not _triton_ready(), reason="Triton kernels cannot run here")
+@marked(TRITON)
 def test_triton_small_tiles_cross_every_boundary(case, monkeypatch):
     """Tiles of 4 channels x 8 positions and at most 3 position chunks per row in the backward (for L=30:
     5 blocks in chunks of 2, the last one half empty), so that taps, channels and partial weight gradients
@@ -164,12 +134,38 @@ def test_ref_matches_nn_conv1d_layout():
     torch.testing.assert_close(cc.causal_conv1d(x, w, b, impl="ref"), want, rtol=1e-12, atol=1e-12)
 
 
+def _conv_loop(x, w, b, silu, s0):
+    """y[b, d, t] = act(bias[d] + sum_k w[d, k] xp[b, d, t + k]), xp = cat(s0, x), one scalar at a time."""
+    Bn, D, L = x.shape
+    K = w.shape[1]
+    xp = torch.cat([s0, x], dim=-1).double().cpu().tolist()
+    w, b = w.double().cpu().tolist(), b.double().cpu().tolist()
+    y = torch.zeros(Bn, D, L, dtype=torch.float64)
+    for i in range(Bn):
+        for d in range(D):
+            for t in range(L):
+                acc = b[d] + sum(w[d][k] * xp[i][d][t + k] for k in range(K))
+                y[i, d, t] = acc / (1 + math.exp(-acc)) if silu else acc
+    final = torch.tensor(xp, dtype=torch.float64)[..., L:]  # the last K-1 inputs
+    return y, final
+
+
+@pytest.mark.parametrize("silu", [True, False], ids=["silu", "linear"])
 @pytest.mark.parametrize("impl", ALL_PATHS)
-def test_default_impl_equals_torch_on_cpu(impl):
+def test_every_path_equals_the_convolution_written_out(impl, silu):
+    case = Case(2, 3, 9, 4, True, silu, True)
+    inputs, _ = _make(case, torch.float64)
+    x, w, b, s0 = inputs["x"], inputs["weight"], inputs["bias"], inputs["initial_state"]
+    y, final = cc.causal_conv1d(x, w, b, "silu" if silu else None, s0, return_final_state=True, impl=impl)
+    want_y, want_final = _conv_loop(x, w, b, silu, s0)
+    assert_close({"y": y, "final_state": final}, {"y": want_y, "final_state": want_final}, 1e-12, label=impl)
+
+
+def test_default_impl_on_cpu_is_the_torch_path():
     inputs, _ = _make(CASES["L63-K4-D6-bias-silu-init"], torch.float32)
     x = inputs["x"].cpu()
     w, b = inputs["weight"].cpu(), inputs["bias"].cpu()
-    torch.testing.assert_close(cc.causal_conv1d(x, w, b, "silu"), cc.causal_conv1d(x, w, b, "silu", impl="torch"))
+    assert torch.equal(cc.causal_conv1d(x, w, b, "silu"), cc.causal_conv1d(x, w, b, "silu", impl="torch"))
 
 
 STREAM_CASES = {

@@ -6,7 +6,6 @@ abs error and relative RMS error. Triton runs in its CPU interpreter when no GPU
 """
 
 import importlib
-import os
 import time
 from typing import NamedTuple
 
@@ -14,24 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():  # must precede the first import of triton by this module's kernels
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from mmseq.kernels._dispatch import triton_usable  # noqa: E402
+from tests.kernels._helpers import DEVICE, assert_close, marked, triton_marks
 
 fc = importlib.import_module("mmseq.kernels.fft_conv")  # the module, not the function
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _triton_ready() -> bool:
-    if not triton_usable(DEVICE):
-        return False
-    # on the CPU the kernel must have been built for the interpreter, i.e. imported after TRITON_INTERPRET=1
-    return DEVICE.type == "cuda" or type(fc._direct_conv_kernel).__name__ == "InterpretedFunction"
-
-
-TRITON = [pytest.mark.triton, pytest.mark.skipif(not _triton_ready(), reason="Triton kernels cannot run here")]
+TRITON = triton_marks(fc._direct_conv_kernel)
 FAST_PATHS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton", marks=TRITON)]
 ALL_PATHS = [pytest.param("ref", id="ref"), *FAST_PATHS]
 
@@ -81,27 +67,13 @@ def _run(impl: str, case: Case, inputs: dict, cot: torch.Tensor) -> dict:
     return {"y": y.detach(), **{f"grad_{n}": t.grad for n, t in leaves.items()}}
 
 
-def _assert_close(got: dict, want: dict, tol: float) -> None:
-    bad = []
-    for name, w in want.items():
-        g = got[name]
-        assert g is not None, f"{name}: missing"
-        assert g.shape == w.shape, f"{name}: shape {tuple(g.shape)} != {tuple(w.shape)}"
-        diff = g.double() - w.double()
-        max_abs = diff.abs().max().item()
-        rel = (diff.norm() / w.double().norm().clamp_min(1e-300)).item()
-        if not rel <= tol:
-            bad.append(f"{name}: max abs err {max_abs:.3g}, rel rms {rel:.3g} > {tol:g}")
-    assert not bad, "; ".join(bad)
-
-
 def _check_against_ref(impl: str, case: Case, dtype: torch.dtype) -> None:
     inputs, cot = _make(case, dtype)
     got = _run(impl, case, inputs, cot)
     for name, t in got.items():
         assert t.dtype == dtype, f"{name} has dtype {t.dtype}, expected {dtype}"
     want = _run("ref", case, {n: None if t is None else t.double() for n, t in inputs.items()}, cot.double())
-    _assert_close(got, want, TOL[dtype])
+    assert_close(got, want, TOL[dtype], label=f"{impl} {dtype}")
 
 
 def _path_case_params(names: list[str]) -> list:
@@ -132,8 +104,7 @@ def test_bf16_matches_reference(impl, case):
     [Case(2, 1, 60, 60, True, True), Case(1, 2, 70, 37, False, True), Case(1, 2, 50, 16, False, False)],
     ids=["L60-Lk60-causal-skip", "L70-Lk37-bidir-skip", "L50-Lk16-bidir"],
 )
-@pytest.mark.triton
-@pytest.mark.skipif(not _triton_ready(), reason="Triton kernels cannot run here")
+@marked(TRITON)
 def test_triton_small_tiles_cross_every_boundary(case, monkeypatch):
     """Tiles of 16 outputs x 16 taps, so that the tap-range pruning and the masks meet every tile edge."""
     monkeypatch.setattr(fc, "_blocks", lambda device, L_out, L_w: (16, 16))
