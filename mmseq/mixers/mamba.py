@@ -118,7 +118,6 @@ class MambaMixer(Mixer):
         dt = dt.clamp(min=dt_init_floor)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.dt_proj.bias._no_reinit = True  # a global "zero every bias" init must skip it
 
         # A: S4D-real init, A[e, n] = -(n + 1) for every channel, stored as A_log = log(1..N) so that
         # A = -exp(A_log) stays negative (a decaying, stable scan) whatever the optimiser does. Kept fp32.
