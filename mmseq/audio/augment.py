@@ -19,6 +19,8 @@ from fractions import Fraction
 import torch
 import torchaudio.functional as AF
 
+from mmseq.audio.io import fix_length
+
 __all__ = [
     "COLORS",
     "AugmentConfig",
@@ -264,18 +266,6 @@ def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int = 16000) -
     return _restore(out.contiguous(), single)
 
 
-def _fix_length(wave: torch.Tensor, length: int) -> torch.Tensor:
-    """Centre-crop or symmetrically zero-pad ``[T']`` to ``[length]``, keeping the word in the middle of the clip."""
-    n = wave.shape[-1]
-    if n > length:
-        start = (n - length) // 2
-        return wave[..., start : start + length]
-    if n < length:
-        left = (length - n) // 2
-        return torch.nn.functional.pad(wave, (left, length - n - left))
-    return wave
-
-
 @dataclass
 class AugmentConfig:
     """Probabilities and ranges for :class:`WaveAugment`; each ``(lo, hi)`` range is sampled uniformly.
@@ -365,7 +355,7 @@ class WaveAugment:
         do_speed = self._chance(cfg.p_speed, generator)
         factor = round(self._uniform(*cfg.speed, generator), 2)
         if do_speed and factor != 1.0:
-            x = _fix_length(speed_perturb(x, factor, sr), t)
+            x = fix_length(speed_perturb(x, factor, sr), t, align="center")
 
         do_reverb = self._chance(cfg.p_reverb, generator)
         rt60 = self._uniform(*cfg.rt60, generator)

@@ -245,6 +245,22 @@ def test_wave_augment_identity_when_everything_off() -> None:
     assert out.data_ptr() != wave.data_ptr()
 
 
+@pytest.mark.parametrize("factor", [0.85, 1.15], ids=["slower-cropped", "faster-padded"])
+def test_wave_augment_speed_keeps_the_clip_centred(factor: float) -> None:
+    """After speed perturbation the clip is cut or padded back to T around its middle: a burst at sample p moves to
+    T/2 + (p - T/2) / factor (time scaled by 1/factor about the clip's centre)."""
+    n, p = SR // 2, 2400
+    t = torch.arange(n, dtype=torch.float64)
+    wave = (0.5 * torch.exp(-(((t - p) / 160) ** 2)) * torch.sin(2 * math.pi * 300 * t / SR)).float()
+    cfg = AugmentConfig(p_speed=1.0, speed=(factor, factor), p_reverb=0.0, max_shift_s=0.0, p_noise=0.0,
+                        gain_db=(0.0, 0.0))
+    out = WaveAugment(cfg)(wave, _gen(0))
+    assert out.shape == (n,)
+    energy = out.double() ** 2
+    centroid = float((energy * t).sum() / energy.sum())
+    assert abs(centroid - (n / 2 + (p - n / 2) / factor)) < 10
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
