@@ -1,4 +1,5 @@
-"""The ``mmseq`` command: train, eval, info, data make (domain verbs join here)."""
+"""The ``mmseq`` command: train, eval, info and data make; each domain adds its verbs and data sets
+(``mmseq.plugins`` lists the domains' CLI modules). Nothing heavy is imported until a verb runs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+from mmseq.commands import DATASETS
 from mmseq.errors import UserError
-
-DATASETS = ("mqar", "passkey", "keywords")
+from mmseq.plugins import command_modules
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -44,59 +45,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from mmseq.info import collect_info, format_info
 
     info = collect_info()
+    for module in _command_modules():
+        if hasattr(module, "info"):
+            info.update(module.info())
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 
 def _cmd_data_make(args: argparse.Namespace) -> int:
-    from mmseq.runner.task import load_task
-    from mmseq.synthetic.tasks import make_dataset
-
     out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} is a file; choose a new folder")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output folder {out} already exists and is not empty; choose a new folder")
-    keyword_options = {"--words": args.words, "--per-word": args.per_word, "--engines": args.engines,
-                       "--jobs": args.jobs, "--noise-seconds": args.noise_seconds}
-    if args.dataset == "keywords":
-        return _make_keywords(args, out)
-    given = [k for k, v in keyword_options.items() if v is not None]
-    if given:
-        raise UserError(f"{', '.join(given)} apply to `data make keywords` only; {args.dataset} takes data.* overrides")
-    task = load_task({"task": args.dataset, "seed": args.seed}, args.overrides)
-    for path in make_dataset(task, out):
-        print(f"wrote {path}")
-    return 0
+    return args.maker.make(args, out)
 
 
-def _make_keywords(args: argparse.Namespace, out: Path) -> int:
-    from mmseq.audio.keywords import make_keywords
+def _command_modules() -> list:
+    """Each domain's CLI module (torch-free at import, so ``mmseq --help`` stays fast)."""
+    import importlib
 
-    if args.overrides:
-        raise UserError(f"`data make keywords` takes options, not overrides (got {args.overrides[0]!r}); "
-                        f"see `mmseq data make --help`")
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
-    summary = make_keywords(out, words=args.words or "sc35", per_word=args.per_word or 200, seed=args.seed,
-                            engines=engines, jobs=args.jobs, noise_seconds=args.noise_seconds)
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-def _cmd_classify_audio(args: argparse.Namespace) -> int:
-    from mmseq.audio.classify import classify_files
-
-    results = classify_files(args.clips, args.checkpoint, top_k=args.top_k, threshold=args.threshold)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        others = "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:])
-        guess = f" (best guess {r['best_guess']})" if r["label"] != r["best_guess"] else ""
-        print(f"{r['file']}\t{r['label']}\t{r['score']:.3f}{guess}" + (f"\t[{others}]" if others else ""))
-    return 0
+    return [importlib.import_module(m) for m in command_modules().values()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,44 +103,34 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="make built-in data sets", description="Built-in data sets.")
     dsub = d.add_subparsers(dest="data_verb", metavar="ACTION")
     dm = dsub.add_parser("make", help="write a built-in data set in its real format",
-                         description="Write a built-in data set to OUT_DIR. data.* overrides set its "
-                                     "parameters, e.g. data.seq_len=256.")
-    dm.add_argument("dataset", choices=DATASETS)
-    dm.add_argument("out_dir")
-    dm.add_argument("overrides", nargs="*", help="data.* key=value overrides")
-    dm.add_argument("--seed", type=int, default=0)
-    dm.add_argument("--words", choices=("sc35", "sc10"), help="keywords: word set (default sc35)")
-    dm.add_argument("--per-word", type=int, help="keywords: clips per word (default 200)")
-    dm.add_argument("--engines", help="keywords: comma-separated speech engines (espeak,flite,festival,piper; "
-                                      "default all installed)")
-    dm.add_argument("--jobs", type=int, help="keywords: worker processes (default: CPU count)")
-    dm.add_argument("--noise-seconds", type=float,
-                    help="keywords: length of each background-noise file (default 30-60 s)")
-    dm.set_defaults(func=_cmd_data_make)
-
-    c = sub.add_parser("classify-audio", help="classify audio clips with a keyword model",
-                       description="Print the label and probability of each clip (WAV/FLAC/OGG/MP3; any rate or "
-                                   "channel count). Without --checkpoint the shipped SC35 keyword model is used. "
-                                   "A best score under --threshold is reported as _unknown_.")
-    c.add_argument("clips", nargs="+", metavar="CLIP")
-    c.add_argument("--checkpoint", help="run folder or model folder (default: the shipped SC35 model)")
-    c.add_argument("--top-k", type=int, default=3, help="how many labels to list per clip (default 3)")
-    c.add_argument("--threshold", type=float, default=0.5,
-                   help="below this best probability the clip is _unknown_ (default 0.5)")
-    c.add_argument("--json", action="store_true", help="print a JSON list, one object per clip")
-    c.set_defaults(func=_cmd_classify_audio)
+                         description="Write a built-in data set to OUT_DIR (new or empty). "
+                                     "`mmseq data make NAME --help` lists a data set's options.")
+    msub = dm.add_subparsers(dest="dataset", metavar="DATASET")
     d.set_defaults(func=lambda a: (d.print_help(), 2)[1])
+    dm.set_defaults(func=lambda a: (dm.print_help(), 2)[1])
+
+    for module in _command_modules():  # each domain adds its verbs and registers its data sets
+        module.add_commands(sub)
+    for name in DATASETS.names():
+        maker = DATASETS.get(name)()
+        p_ds = msub.add_parser(name, help=maker.help, description=maker.description or maker.help)
+        p_ds.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (new or empty)")
+        maker.add_arguments(p_ds)
+        p_ds.set_defaults(func=_cmd_data_make, maker=maker)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Overrides may come after options (``train CFG --run-dir D a=1``), which argparse leaves unparsed.
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = list(args.overrides) + extra
+    try:
+        # Overrides may come after options (``train CFG --run-dir D a=1``), which argparse leaves unparsed.
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides = list(args.overrides) + extra
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed on stderr)
+        return int(e.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -51,15 +51,11 @@ def collect_info() -> dict:
         "triton_interpret": triton_interpret(),
         "default_kernel_path": "triton" if cuda and triton_importable() else "torch",
         "kernel_paths": ops,
-        "speech_engines": _speech_engines(),
     }
 
 
-def _speech_engines() -> dict[str, bool]:
-    """Which synthesizers `mmseq data make keywords` can use here."""
-    from mmseq.audio.synth import ENGINES, get_engine
-
-    return {name: get_engine(name).available() for name in ENGINES}
+CORE_KEYS = ("mmseq", "python", "platform", "versions", "cpu_threads", "cpu_count", "cuda", "cuda_devices",
+             "triton_importable", "triton_interpret", "default_kernel_path", "kernel_paths")
 
 
 def format_info(info: dict) -> str:
@@ -72,7 +68,10 @@ def format_info(info: dict) -> str:
     lines.append(f"kernel paths (default: {info['default_kernel_path']}):")
     for op, paths in info["kernel_paths"].items():
         lines.append(f"  {op:16s} {', '.join(paths) if paths else 'not built yet'}")
-    engines = info.get("speech_engines", {})
-    lines.append("speech engines (mmseq data make keywords): "
-                 + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in engines.items()))
+    for key, value in info.items():  # what the domains add (e.g. audio's speech engines)
+        if key in CORE_KEYS:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {'yes' if v is True else 'no' if v is False else v}" for k, v in value.items())
+        lines.append(f"{key.replace('_', ' ')}: {value}")
     return "\n".join(lines)

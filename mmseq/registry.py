@@ -9,6 +9,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(ValueError):
+    """A name that is not in a registry; the message lists the valid names (one line, no quotes around it)."""
+
+
 class Registry(Generic[T]):
     """Maps short names to classes or factories.
 
@@ -30,7 +34,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            raise KeyError(self.unknown_message(name))
+            raise UnknownNameError(self.unknown_message(name))
         return self._entries[name]
 
     def unknown_message(self, name: str) -> str:

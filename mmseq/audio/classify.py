@@ -42,17 +42,11 @@ def default_model_dir() -> Path:
 
 def load_classifier(checkpoint: str | Path | None = None) -> AudioClassifier:
     """A model folder, a run folder, or None for the shipped model; returns the model in eval mode."""
-    from mmseq.runner.pretrained import from_pretrained
-
-    model = from_pretrained(checkpoint or default_model_dir())
-    if not isinstance(model, AudioClassifier):
-        raise UserError(f"{checkpoint} holds a {type(model).__name__}, not an audio classifier")
-    return model.eval()
+    return AudioClassifier.from_pretrained(checkpoint or default_model_dir()).eval()
 
 
 def _clip_samples(model: AudioClassifier) -> int:
-    cfg = (model.run_config or {}).get("data", {})
-    return round(float(cfg.get("clip_seconds", 1.0)) * model.sample_rate)
+    return round(model.clip_seconds * model.sample_rate)
 
 
 @torch.no_grad()

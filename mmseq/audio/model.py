@@ -33,12 +33,16 @@ class StreamState:
 class AudioClassifier(PretrainedMixin, nn.Module):
     """wave [B, T] (float, at ``sample_rate``) -> logits [B, num_classes].
 
+    ``labels`` (class names), ``sample_rate`` and ``clip_seconds`` are what inference needs; they are
+    constructor arguments so that an exported model carries them.
+
     Features are normalised per channel with BatchNorm (running statistics at inference, so streaming and
     batch inference agree); SpecAugment-style masks (``freq_mask``/``time_mask`` widths, 0 = off) apply in
     training only.
     """
 
-    def __init__(self, num_classes: int, *, sample_rate: int = 16000, frontend: dict | None = None,
+    def __init__(self, num_classes: int, *, sample_rate: int = 16000, clip_seconds: float = 1.0,
+                 frontend: dict | None = None,
                  d_model: int = 64, n_layers: int = 4, mixer: dict | None = None, causal: bool = True,
                  mlp_ratio: float = 2.0, dropout: float = 0.1, pool: str = "mean", freq_mask: int = 0,
                  time_mask: int = 0, labels: list[str] | None = None) -> None:
@@ -48,7 +52,10 @@ class AudioClassifier(PretrainedMixin, nn.Module):
         if labels is not None and len(labels) != num_classes:
             raise ValueError(f"labels has {len(labels)} names for {num_classes} classes")
         fe = dict(frontend or {"name": "logmel"})
+        if clip_seconds <= 0:
+            raise ValueError(f"clip_seconds must be > 0, got {clip_seconds}")
         self.sample_rate = sample_rate
+        self.clip_seconds = float(clip_seconds)  # the clip length it was trained on; longer clips are windowed
         self.frontend = create_frontend(fe.pop("name"), sample_rate, **fe)
         self.feature_norm = nn.BatchNorm1d(self.frontend.out_dim)
         self.proj = nn.Linear(self.frontend.out_dim, d_model)

@@ -1,5 +1,6 @@
-"""Shared data utilities: resumable sampling, loaders, splits."""
+"""Shared data utilities: resumable sampling, split-based data modules."""
 
 from .sampler import StepSampler, resumable_loader
+from .splits import SplitDataModule
 
-__all__ = ["StepSampler", "resumable_loader"]
+__all__ = ["SplitDataModule", "StepSampler", "resumable_loader"]

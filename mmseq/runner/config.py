@@ -85,18 +85,74 @@ def _omegaconf_message(e: OmegaConfBaseException) -> str:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """One YAML file holding a mapping (``base:`` keys are not followed; see ``load_config_file``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(raw).__name__}")
     return raw
+
+
+BASE_KEY = "base"
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A config file with its ``base:`` files merged underneath it.
+
+    ``base: other.yaml`` (or a list, merged in order; paths relative to the file) names configs this one
+    extends; the file then states only what differs. Mappings merge key by key, except that a node naming a
+    registry entry (``mixer: {name: mamba}``) replaces the base's node when the name changes, since one
+    mixer's arguments mean nothing to another. Lists and scalars replace.
+    """
+    return _load_with_bases(Path(path), ())
+
+
+def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
+    key = path.resolve()
+    if key in chain:
+        loop = " -> ".join(str(p.name) for p in (*chain, key))
+        raise ConfigError(f"config file {path}: 'base' files form a loop ({loop})")
+    raw = read_yaml(path)
+    bases = raw.pop(BASE_KEY, None)
+    if bases is None:
+        return raw
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"config file {path}: 'base' must be a file name or a list of file names")
+    merged: dict = {}
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"config file {path}: base file {base} not found (looked for {base_path})")
+        merged = merge_configs(merged, _load_with_bases(base_path, (*chain, key)))
+    return merge_configs(merged, raw)
+
+
+def merge_configs(base: dict, top: dict) -> dict:
+    """``top`` over ``base`` (see ``load_config_file`` for the rules); neither input is changed."""
+    out = dict(base)
+    for k, v in top.items():
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict) and not _renamed(old, v):
+            out[k] = merge_configs(old, v)
+        else:
+            out[k] = v
+    return out
+
+
+def _renamed(old: dict, new: dict) -> bool:
+    return "name" in new and new.get("name") != old.get("name")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -1,7 +1,12 @@
-"""The task registry: a task turns a validated run config into a model, a LightningModule and a DataModule."""
+"""The task registry: a task turns a validated run config into a model, a LightningModule and a DataModule.
+
+Tasks live in their domain packages and are imported by name when a config asks for them
+(``mmseq.plugins.task_modules``), so training an MQAR config never imports the audio package.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -9,9 +14,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mmseq.errors import ConfigError
+from mmseq.plugins import task_modules
 from mmseq.registry import Registry
 
-from .config import apply_overrides, build_schema, read_yaml, to_dict, validate
+from .config import apply_overrides, build_schema, load_config_file, validate
 
 TASKS: Registry[type[Task]] = Registry("task")
 
@@ -57,31 +63,49 @@ class Task:
     def build_module(self, model: nn.Module) -> pl.LightningModule:
         raise NotImplementedError
 
-    def export_config(self) -> dict:
-        """What ``from_pretrained`` needs to rebuild the model: the whole resolved run config."""
-        return to_dict(self.cfg)
 
 
-def ensure_tasks_registered() -> None:
-    """Import the modules whose import registers the built-in tasks."""
-    import mmseq.audio.task  # noqa: F401
-    import mmseq.synthetic.tasks  # noqa: F401
+def task_names() -> list[str]:
+    """Every task a config can name: the known import table plus whatever is registered already."""
+    return sorted(set(task_modules()) | set(TASKS.names()))
+
+
+def get_task(name: str) -> type[Task]:
+    """The Task class registered as ``name``, importing only the module that defines it."""
+    if name not in TASKS and name in task_modules():
+        module = task_modules()[name]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"task {name!r} lives in {module}, which cannot be imported: {e}") from None
+        if name not in TASKS:
+            raise ConfigError(f"task {name!r}: importing {module} did not register it (missing @register_task)")
+    if name not in TASKS:
+        raise ConfigError(f"config key 'task': {_unknown_task(name)}")
+    return TASKS.get(name)
+
+
+def _unknown_task(name: object) -> str:
+    import difflib
+
+    names = task_names()
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown task {name!r}{hint}; choose one of: {', '.join(names)}"
 
 
 def load_task(raw: dict, overrides: list[str] | None = None, source: str = "config") -> Task:
     """Validate a raw config dict (plus overrides) and return the task instance holding it."""
-    ensure_tasks_registered()
     raw = apply_overrides(raw, overrides or [])
     name = raw.get("task")
     if name is None:
-        raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(TASKS.names())})")
-    if name not in TASKS:
-        raise ConfigError(f"config key 'task': {TASKS.unknown_message(name)}")
-    cls = TASKS.get(name)
+        raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(task_names())})")
+    cls = get_task(name)
     task = cls(validate(raw, cls.schema()))
     task.check()
     return task
 
 
 def load_task_file(path: str | Path, overrides: list[str] | None = None) -> Task:
-    return load_task(read_yaml(path), overrides, source=str(path))
+    """Validate a YAML config file (its ``base:`` files merged in) plus ``key=value`` overrides."""
+    return load_task(load_config_file(path), overrides, source=str(path))

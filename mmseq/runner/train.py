@@ -18,7 +18,7 @@ from mmseq.errors import UserError
 from .callbacks import RNGState, Throughput
 from .checkpoint import SafeCheckpointIO, safe_torch_load
 from .config import dump_yaml, read_yaml, to_dict
-from .pretrained import save_pretrained
+from .pretrained import from_pretrained, save_pretrained
 from .task import Task, load_task, load_task_file
 
 RUN_DIR_ENV = "MMSEQ_RUN_DIR"  # lets DDP worker processes reuse the run folder rank 0 chose
@@ -152,8 +152,7 @@ def train(config: str | Path | None = None, overrides: list[str] | None = None, 
         "train_time_s": train_time,
     }
     if trainer.is_global_zero:
-        # A model may add what it needs to load on its own (e.g. class names) to its run_config.
-        save_pretrained(model, run_dir / "model", getattr(model, "run_config", None) or task.export_config())
+        save_pretrained(model, run_dir / "model")  # the model alone: class, constructor arguments, weights
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -172,17 +171,11 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, out: str |
     bad = [o for o in overrides if not o.startswith(("data.", "trainer."))]
     if bad:
         raise UserError(f"eval accepts only data.* and trainer.* overrides, got {bad[0]!r}")
-    from safetensors.torch import load_file
-
-    from .pretrained import WEIGHTS, resolve_pretrained_dir
-
     task = load_task(read_yaml(config_file), overrides, source=str(config_file))
-    model = task.build_model()
-    model.load_state_dict(load_file(str(resolve_pretrained_dir(run_dir) / WEIGHTS)))
+    model = from_pretrained(run_dir)  # the exported weights, not a fresh build
     module = task.build_module(model)
     out = Path(out) if out else run_dir / "eval.json"
-    if hasattr(module, "artifact_stem"):  # files an evaluation writes (plots) are named after its output
-        module.artifact_stem = out.stem
+    module.artifact_stem = out.stem  # files an evaluation writes (plots) are named after its output
     datamodule = task.build_datamodule()
     trainer, _ = build_trainer(task, run_dir, for_fit=False)
     val = trainer.validate(module, datamodule=datamodule, verbose=False)

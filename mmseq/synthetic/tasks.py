@@ -6,17 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mmseq.data import resumable_loader
+from mmseq.data import SplitDataModule
 from mmseq.errors import ConfigError
 from mmseq.mixers import validate_mixer_config
-from mmseq.mixers.base import aux_loss
 from mmseq.runner.config import path_field, to_dict
 from mmseq.runner.module import TaskModule
 from mmseq.runner.task import Task, register_task
@@ -62,85 +60,60 @@ class PasskeyDataConfig:
     batch_size: int = 32
 
 
-class TokenDataModule(pl.LightningDataModule):
-    """Holds train/val/test splits of (inputs, labels[, depth]) tensors; train order is step-resumable."""
+class TokenDataModule(SplitDataModule):
+    """Splits of (inputs, labels[, depth]) tensors, read from ``root`` or generated in memory."""
 
     def __init__(self, make_split, root: str | None, batch_size: int, seed: int, num_workers: int = 0) -> None:
-        super().__init__()
+        super().__init__(batch_size, seed, num_workers=num_workers)
         self.make_split = make_split
         self.root = Path(root) if root else None
-        self.batch_size = batch_size
-        self.seed = seed
-        self.num_workers = num_workers
-        self.splits: dict[str, TensorDataset] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        for name in ("train", "val", "test"):
-            t = load_split(self.root / f"{name}.safetensors") if self.root else self.make_split(name)
-            extra = [t["depth"]] if "depth" in t else []
-            self.splits[name] = TensorDataset(t["inputs"], t["labels"], *extra)
+    def load_split(self, split: str) -> TensorDataset:
+        t = load_split(self.root / f"{split}.safetensors") if self.root else self.make_split(split)
+        extra = [t["depth"]] if "depth" in t else []
+        return TensorDataset(t["inputs"], t["labels"], *extra)
 
-    def train_dataloader(self) -> DataLoader:
-        return resumable_loader(self.splits["train"], self.batch_size, self.seed, trainer=self.trainer,
-                                num_workers=self.num_workers)
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], batch_size=self.batch_size, num_workers=self.num_workers)
+def exact_match(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """preds, labels [B, L] -> [B] 1.0 where every scored position (label != IGNORE) is right."""
+    return ((preds == labels) | (labels == IGNORE)).all(dim=1).float()
 
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], batch_size=self.batch_size, num_workers=self.num_workers)
+
+def scored_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """preds, labels [B, L] -> [B] fraction of each sequence's scored positions that are right."""
+    scored = labels != IGNORE
+    return ((preds == labels) & scored).sum(1).float() / scored.sum(1).clamp(min=1)
 
 
 class RecallModule(TaskModule):
-    """Next-token cross-entropy on the scored positions; accuracy per position and per sequence."""
+    """Next-token cross-entropy on the scored positions; accuracy per position, per sequence (``exact``) and,
+    for passkey, per depth of the hidden key (``acc_depth_<d>``)."""
 
     def __init__(self, model, optim, max_steps: int, vocab_size: int, depths: list[float] | None = None) -> None:
-        super().__init__(model, optim, max_steps)
+        depths = list(depths or [])
+        metrics = {"acc": lambda: MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE),
+                   "exact": MeanMetric}
+        metrics.update({f"acc_depth_{d:g}": MeanMetric for d in depths})
+        super().__init__(model, optim, max_steps, metrics=metrics, prog_bar=("acc",))
         self.vocab_size = vocab_size
-        self.depths = list(depths or [])
-        for stage in ("val", "test"):
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE))
-            setattr(self, f"{stage}_exact", MeanMetric())
-            setattr(self, f"{stage}_depth", torch.nn.ModuleList(MeanMetric() for _ in self.depths))
+        self.depths = depths
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        labels = batch[1]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                ignore_index=IGNORE)
 
-    def training_step(self, batch, batch_idx):
-        inputs, labels = batch[0], batch[1]
-        loss = self._loss(self.model(inputs), labels) + aux_loss(self.model)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def _eval_step(self, batch, stage: str) -> None:
-        inputs, labels = batch[0], batch[1]
-        logits = self.model(inputs)
-        self.log(f"{stage}/loss", self._loss(logits, labels), prog_bar=stage == "val", sync_dist=True)
+    def update_metrics(self, metrics, logits: torch.Tensor, batch) -> None:
+        labels = batch[1]
         preds = logits.argmax(-1)
-        acc = getattr(self, f"{stage}_acc")
-        acc.update(preds, labels)
-        scored = labels != IGNORE
-        per_seq = ((preds == labels) | ~scored).all(dim=1).float()
-        getattr(self, f"{stage}_exact").update(per_seq)
-        self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
-        self.log(f"{stage}/exact", getattr(self, f"{stage}_exact"))
+        metrics["acc"].update(preds, labels)
+        metrics["exact"].update(exact_match(preds, labels))
         if self.depths and len(batch) > 2:
-            correct = ((preds == labels) & scored).sum(1).float() / scored.sum(1).clamp(min=1)
-            for i, d in enumerate(self.depths):
+            correct = scored_accuracy(preds, labels)
+            for d in self.depths:
                 sel = (batch[2] - d).abs() < 1e-6
                 if sel.any():
-                    metric = getattr(self, f"{stage}_depth")[i]
-                    metric.update(correct[sel])
-                    self.log(f"{stage}/acc_depth_{d:g}", metric)
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
+                    metrics[f"acc_depth_{d:g}"].update(correct[sel])
 
 
 class _RecallTask(Task):
@@ -169,9 +142,7 @@ class _RecallTask(Task):
 
     def build_model(self) -> SequenceLM:
         m = to_dict(self.cfg.model)
-        model = SequenceLM(vocab_size=self.vocab_size(), causal=True, **m)
-        model.run_config = self.export_config()
-        return model
+        return SequenceLM(vocab_size=self.vocab_size(), causal=True, **m)
 
     def build_datamodule(self) -> TokenDataModule:
         d = self.cfg.data

@@ -59,7 +59,10 @@ def test_run_folder_has_confusion_matrix_png_and_counts(trained_run):
     matrix = torch.tensor(data["matrix"])
     assert matrix.shape == (4, 4) and int(matrix.sum()) > 0
     cfg = yaml.safe_load((run_dir / "model" / "config.yaml").read_text())
-    assert cfg["model"]["labels"] == sorted(WORDS)  # the exported model names its classes
+    # The exported model is the model alone: its class and the arguments inference needs, no data or trainer.
+    assert cfg["class"] == "mmseq.audio.model.AudioClassifier" and set(cfg) == {"class", "args", "format"}
+    assert cfg["args"]["labels"] == sorted(WORDS) and cfg["args"]["num_classes"] == 4
+    assert cfg["args"]["clip_seconds"] == 1.0 and cfg["args"]["sample_rate"] == 16000
 
 
 def test_streaming_classification_matches_the_batch_model(trained_run, tiny_keywords):
@@ -80,7 +83,12 @@ def test_eval_and_classify_audio_cli(trained_run, tiny_keywords, run_cli, tmp_pa
     run_dir, _ = trained_run
     r = run_cli("eval", str(run_dir), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "test/acc" in json.loads(r.stdout[r.stdout.index("{"):])["test"]
+    result = json.loads(r.stdout[r.stdout.index("{"):])
+    # eval scores the exported (best) weights on the same data: it reproduces the training run's final figures
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for key, value in trained[split].items():
+            assert result[split][key] == pytest.approx(value, abs=1e-5), key
     clips = [next((tiny_keywords / w).glob("*.wav")) for w in WORDS]
     # A long clip: 3 s of near-silence with the word in the middle, stereo at 44.1 kHz.
     word = load_audio(clips[0], 44100)
@@ -169,7 +177,7 @@ def test_metrics_accuracy_f1_and_sc10_subset(tmp_path):
     from torch.utils.data import DataLoader, TensorDataset
 
     from mmseq.audio.labels import SC10, SC35, SILENCE
-    from mmseq.audio.task import AudioClassificationModule
+    from mmseq.audio.tasks import AudioClassificationModule
 
     labels = [*SC35, SILENCE]
     gen = torch.Generator().manual_seed(0)

@@ -7,17 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from mmseq.data import resumable_loader
+from mmseq.data import SplitDataModule
 from mmseq.errors import ConfigError
 from mmseq.mixers import validate_mixer_config
-from mmseq.mixers.base import aux_loss
 from mmseq.runner.config import path_field, to_dict
 from mmseq.runner.module import TaskModule
 from mmseq.runner.task import Task, register_task
@@ -78,16 +76,12 @@ def _as_tensors(ds: Dataset) -> TensorDataset:
     return TensorDataset(torch.stack(waves), torch.tensor(labels, dtype=torch.long))
 
 
-_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
-
-
-class KeywordsDataModule(pl.LightningDataModule):
-    """Train/val/test splits of fixed-length clips; the train order is step-resumable."""
+class KeywordsDataModule(SplitDataModule):
+    """Train/val/test splits of fixed-length clips, decoded once into int16 tensors."""
 
     def __init__(self, cfg, seed: int, num_workers: int = 0) -> None:
-        super().__init__()
-        self.cfg, self.seed, self.num_workers = cfg, seed, num_workers
-        self.splits: dict[str, TensorDataset] = {}
+        super().__init__(cfg.batch_size, seed, eval_batch_size=cfg.eval_batch_size, num_workers=num_workers)
+        self.cfg = cfg
         self.labels: list[str] = []
         self.background: list[torch.Tensor] = []
 
@@ -107,29 +101,15 @@ class KeywordsDataModule(pl.LightningDataModule):
                               f"set with `mmseq data make keywords {self.cfg.root}` or point it at a Speech "
                               f"Commands v2 folder")
 
-    def setup(self, stage: str | None = None) -> None:
-        """Decode the splits a stage needs (an evaluation never reads the training clips)."""
+    def load_split(self, split: str) -> TensorDataset:
         self.check_root()
-        for split in _STAGE_SPLITS.get(stage, ("train", "val", "test")):
-            if split in self.splits:
-                continue
-            ds = self.make_split(split)
-            self.labels = self.labels or list(ds.labels)  # every split has the same class list
-            if split == "train":
-                self.background = list(ds.background_noise)
-            if len(ds) == 0:
-                raise ConfigError(f"config key 'data.root': {self.cfg.root} has no {split} clips")
-            self.splits[split] = _as_tensors(ds)
-
-    def train_dataloader(self) -> DataLoader:
-        return resumable_loader(self.splits["train"], self.cfg.batch_size, self.seed, trainer=self.trainer,
-                                num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], batch_size=self.cfg.eval_batch_size, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], batch_size=self.cfg.eval_batch_size, num_workers=self.num_workers)
+        ds = self.make_split(split)
+        self.labels = self.labels or list(ds.labels)  # every split has the same class list
+        if split == "train":
+            self.background = list(ds.background_noise)
+        if len(ds) == 0:
+            raise ConfigError(f"config key 'data.root': {self.cfg.root} has no {split} clips")
+        return _as_tensors(ds)
 
 
 def _to_float(wave: torch.Tensor) -> torch.Tensor:
@@ -137,26 +117,25 @@ def _to_float(wave: torch.Tensor) -> torch.Tensor:
 
 
 class AudioClassificationModule(TaskModule):
-    """Cross-entropy on augmented clips; accuracy, macro-F1 and a confusion matrix (PNG) on val/test."""
+    """Cross-entropy on augmented clips; accuracy, macro-F1, SC10-subset accuracy and a confusion matrix (PNG)."""
 
     def __init__(self, model: AudioClassifier, optim, max_steps: int, labels: list[str], seed: int = 0,
                  augment: dict | None = None) -> None:
-        super().__init__(model, optim, max_steps)
+        n = len(labels)
+        metrics = {"acc": lambda: MulticlassAccuracy(n, average="micro"),
+                   "f1": lambda: MulticlassF1Score(n, average="macro"),
+                   "confusion": lambda: MulticlassConfusionMatrix(n)}
+        # On a set larger than SC10 that contains it, also report accuracy on the clips of the ten command words
+        # (predictions still range over every class), the figure Speech Commands papers quote as SC10.
+        sc10 = [labels.index(w) for w in SC10] if set(SC10) <= set(labels) and n > len(SC10) + 2 else []
+        if sc10:
+            metrics["acc_sc10"] = MeanMetric
+        super().__init__(model, optim, max_steps, metrics=metrics, prog_bar=("acc",))
         self.labels = list(labels)
         self.seed = seed
         self.augment_cfg = augment
         self.augment: WaveAugment | None = None
-        self.artifact_stem = ""  # evaluation writes <stem>_confusion_<stage>.png instead of confusion_<stage>.png
-        n = len(labels)
-        # On a set larger than SC10 that contains it, also report accuracy on the clips of the ten command words
-        # (predictions still range over every class), the figure Speech Commands papers quote as SC10.
-        sc10 = [labels.index(w) for w in SC10] if set(SC10) <= set(labels) and n > len(SC10) + 2 else []
         self.register_buffer("sc10_ids", torch.tensor(sc10, dtype=torch.long), persistent=False)
-        for stage in ("val", "test"):
-            setattr(self, f"{stage}_acc_sc10", MeanMetric())
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(n, average="micro"))
-            setattr(self, f"{stage}_f1", MulticlassF1Score(n, average="macro"))
-            setattr(self, f"{stage}_confusion", MulticlassConfusionMatrix(n))
 
     def setup(self, stage: str) -> None:
         data_labels = getattr(self.trainer.datamodule, "labels", None)
@@ -169,53 +148,30 @@ class AudioClassificationModule(TaskModule):
             background = getattr(self.trainer.datamodule, "background", [])
             self.augment = WaveAugment(AugmentConfig(**self.augment_cfg), background)
 
-    def training_step(self, batch, batch_idx):
-        wave, labels = _to_float(batch[0]), batch[1]
-        if self.augment is not None:
+    def forward_batch(self, batch, stage: str) -> torch.Tensor:
+        wave = _to_float(batch[0])
+        if stage == "train" and self.augment is not None:
             # Seeded by the step, so a resumed run draws the same augmentations it would have drawn.
             gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self.global_step)
             wave = self.augment(wave.cpu(), gen).to(wave.device)
-        loss = F.cross_entropy(self.model(wave).float(), labels) + aux_loss(self.model)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        return self.model(wave).float()
 
-    def _eval_step(self, batch, stage: str) -> None:
-        wave, labels = _to_float(batch[0]), batch[1]
-        logits = self.model(wave).float()
-        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), prog_bar=stage == "val", sync_dist=True)
+    def loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        return F.cross_entropy(logits, batch[1])
+
+    def update_metrics(self, metrics, logits: torch.Tensor, batch) -> None:
+        labels = batch[1]
         preds = logits.argmax(-1)
-        for name in ("acc", "f1"):
-            metric = getattr(self, f"{stage}_{name}")
-            metric.update(preds, labels)
-            self.log(f"{stage}/{name}", metric, prog_bar=stage == "val" and name == "acc")
-        getattr(self, f"{stage}_confusion").update(preds, labels)
-        if len(self.sc10_ids):
+        for name in ("acc", "f1", "confusion"):
+            metrics[name].update(preds, labels)
+        if "acc_sc10" in metrics:
             in_sc10 = torch.isin(labels, self.sc10_ids)
             if in_sc10.any():
-                metric = getattr(self, f"{stage}_acc_sc10")
-                metric.update((preds[in_sc10] == labels[in_sc10]).float())
-                self.log(f"{stage}/acc_sc10", metric)
+                metrics["acc_sc10"].update((preds[in_sc10] == labels[in_sc10]).float())
 
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._write_confusion("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._write_confusion("test")
-
-    def _write_confusion(self, stage: str) -> None:
-        metric = getattr(self, f"{stage}_confusion")
-        matrix = metric.compute().cpu()
-        metric.reset()
-        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
-        stem = f"{self.artifact_stem}_" if self.artifact_stem else ""
-        out = Path(self.trainer.default_root_dir) / f"{stem}confusion_{stage}"  # eval: eval_confusion_test.*
+    def write_figures(self, stage: str, values: dict[str, torch.Tensor], out_dir: Path, prefix: str) -> None:
+        matrix = values["confusion"]
+        out = out_dir / f"{prefix}confusion_{stage}"  # eval --out eval.json: eval_confusion_test.*
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"labels": self.labels, "matrix": matrix.tolist()}))
         save_confusion_png(matrix, self.labels, out.with_suffix(".png"), title=f"{stage} confusion")
@@ -292,16 +248,13 @@ class KeywordsTask(Task):
 
     def _build(self, labels: list[str]) -> AudioClassifier:
         m = {k: v for k, v in to_dict(self.cfg.model).items() if k != "labels"}
-        return AudioClassifier(len(labels), sample_rate=self.cfg.data.sample_rate, labels=labels, **m)
+        d = self.cfg.data
+        # The model carries what inference needs (class names, rate, clip length): it loads without its data.
+        return AudioClassifier(len(labels), sample_rate=d.sample_rate, clip_seconds=d.clip_seconds, labels=labels,
+                               **m)
 
     def build_model(self) -> AudioClassifier:
-        labels = list(self.cfg.model.labels) if self.cfg.model.labels else self.data_labels()
-        model = self._build(labels)
-        # The exported config carries the class names, so a shipped model loads without its data folder.
-        config = self.export_config()
-        config["model"]["labels"] = labels
-        model.run_config = config
-        return model
+        return self._build(list(self.cfg.model.labels) if self.cfg.model.labels else self.data_labels())
 
     def build_datamodule(self) -> KeywordsDataModule:
         return KeywordsDataModule(self.cfg.data, self.cfg.seed, self.cfg.trainer.num_workers)

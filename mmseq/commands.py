@@ -1,0 +1,59 @@
+"""What a domain's ``cli.py`` uses to join the ``mmseq`` command: data sets and argument checks.
+
+A domain CLI module (listed in ``mmseq.plugins``) defines ``add_commands(subparsers)`` for its verbs and
+registers its built-in data sets with ``@register_dataset``; it may define ``info() -> dict`` for
+``mmseq info``. It must import no heavy library at module level (``mmseq --help`` imports every domain's CLI
+module); verbs import what they need when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mmseq.registry import Registry
+
+
+class DatasetMaker:
+    """A built-in data set: ``mmseq data make NAME OUT_DIR [options]`` writes it in its real format."""
+
+    help: str = ""
+    description: str = ""
+    takes_overrides: bool = False  # accepts data.key=value overrides after OUT_DIR
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add this data set's own options."""
+
+    def make(self, args: argparse.Namespace, out_dir: Path) -> int:
+        """Write the data set into ``out_dir`` (new or empty); returns the exit code."""
+        raise NotImplementedError
+
+
+DATASETS: Registry[type[DatasetMaker]] = Registry("data set")
+
+
+def register_dataset(name: str):
+    """Class decorator: ``@register_dataset("keywords")`` adds ``mmseq data make keywords``."""
+    return DATASETS.register(name)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
