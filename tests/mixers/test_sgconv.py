@@ -68,6 +68,25 @@ def test_forward_equals_direct_convolution():
     torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-10)
 
 
+def test_bidirectional_equals_two_sided_sum():
+    """y[t] = sum_{s<=t} k0[t-s] u[s] + sum_{s>t} k1[s-t-1] u[s] + D u[t]: the second kernel reads the future,
+    delayed one step so that u[t] is counted once (by k0[0] and D)."""
+    m = _mixer(causal=False, channels=2)
+    B, L = 2, 11
+    x = torch.randn(B, L, 5, dtype=torch.float64)
+    k0, k1 = m.kernel(L)  # [C*H, L] each
+    u = x.transpose(1, 2).repeat(1, 2, 1)
+    y = u * m.D.reshape(-1)[:, None]
+    for t in range(L):
+        for s in range(L):
+            if s <= t:
+                y[..., t] = y[..., t] + k0[:, t - s] * u[..., s]
+            else:
+                y[..., t] = y[..., t] + k1[:, s - t - 1] * u[..., s]
+    want = m.out_proj(F.gelu(y.transpose(1, 2)))
+    torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-10)
+
+
 def test_bidirectional_reads_both_sides():
     m = _mixer(causal=False)
     x = torch.randn(1, 10, 5, dtype=torch.float64)
