@@ -73,7 +73,12 @@ def _command_modules() -> list:
     return [importlib.import_module(m) for m in command_modules().values()]
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Verbs of the core that need no domain's CLI module: `mmseq train` imports the trained task's domain only.
+CORE_ONLY_VERBS = ("train", "eval")
+
+
+def build_parser(with_domains: bool = True) -> argparse.ArgumentParser:
+    """The ``mmseq`` parser; ``with_domains=False`` leaves out the domains' verbs and data sets."""
     p = argparse.ArgumentParser(prog="mmseq", description="mmseq: long-sequence models across modalities.")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
@@ -109,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=lambda a: (d.print_help(), 2)[1])
     dm.set_defaults(func=lambda a: (dm.print_help(), 2)[1])
 
+    if not with_domains:
+        return p
     for module in _command_modules():  # each domain adds its verbs and registers its data sets
         module.add_commands(sub)
     for name in DATASETS.names():
@@ -121,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    verb = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(with_domains=verb not in CORE_ONLY_VERBS)
     try:
         # Overrides may come after options (``train CFG --run-dir D a=1``), which argparse leaves unparsed.
-        args, extra = parser.parse_known_args(argv)
+        args, extra = parser.parse_known_args(args_list)
         if extra:
             if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -186,7 +186,7 @@ def from_pretrained(path: str | Path, map_location: str | torch.device = "cpu",
     if "class" in config:
         cls = import_model_class(config["class"], source)
         if expected is not None and not issubclass(cls, expected):
-            raise UserError(f"{directory} holds a {cls.__name__}, not a {expected.__name__}")
+            raise UserError(f"{directory} holds a model of class {cls.__name__}, expected {expected.__name__}")
         args = config.get("args") or {}
         if not isinstance(args, dict):
             raise UserError(f"{source}: 'args' must be a mapping of constructor arguments")
@@ -197,7 +197,7 @@ def from_pretrained(path: str | Path, map_location: str | torch.device = "cpu",
     elif "task" in config:
         model = _build_from_run_config(config, source)
         if expected is not None and not isinstance(model, expected):
-            raise UserError(f"{directory} holds a {type(model).__name__}, not a {expected.__name__}")
+            raise UserError(f"{directory} holds a model of class {type(model).__name__}, expected {expected.__name__}")
     else:
         raise UserError(f"{source} names no model: expected keys 'class' and 'args'")
     load_weights(model, directory / WEIGHTS, map_location)

@@ -1,9 +1,11 @@
 """save_pretrained/from_pretrained round trip, and refusal of checkpoints that would run code."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from mmseq.errors import UserError
 from mmseq.runner.checkpoint import atomic_torch_save, safe_torch_load
@@ -27,6 +29,87 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     torch.manual_seed(1)
     other = load_task(CFG).build_model().eval()
     assert not torch.equal(other(x), model(x))
+
+
+def test_a_model_built_directly_saves_and_loads_itself(tmp_path):
+    torch.manual_seed(0)
+    model = SequenceLM(vocab_size=20, d_model=16, n_layers=1, mixer={"name": "s4d", "d_state": 8}).eval()
+    model.save_pretrained(tmp_path / "m")
+    config = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())
+    assert config["class"] == "mmseq.synthetic.model.SequenceLM"
+    assert config["args"] == {"vocab_size": 20, "d_model": 16, "n_layers": 1, "mixer": {"name": "s4d", "d_state": 8},
+                              "causal": True, "mlp_ratio": 4.0, "dropout": 0.0}
+    loaded = from_pretrained(tmp_path / "m")
+    assert type(loaded) is SequenceLM and not loaded.training
+    x = torch.randint(0, 20, (2, 9))
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_from_pretrained_checks_the_class(tmp_path):
+    from mmseq.audio.model import AudioClassifier
+
+    SequenceLM(vocab_size=8, d_model=8, n_layers=1).save_pretrained(tmp_path / "lm")
+    with pytest.raises(UserError, match="holds a model of class SequenceLM, expected AudioClassifier"):
+        AudioClassifier.from_pretrained(tmp_path / "lm")
+
+
+def _exported(tmp_path) -> Path:
+    SequenceLM(vocab_size=8, d_model=8, n_layers=1).save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update({"class": "mmseq.synthetic.model.NoSuchModel"}), "not an exportable model class"),
+    (lambda c: c.update({"class": "no_such_package.Model"}), "cannot be imported"),
+    (lambda c: c.update({"class": "os.path"}), "not an exportable model class"),
+    (lambda c: c["args"].update({"width": 3}), "do not build a SequenceLM"),
+    (lambda c: c["args"].update({"d_model": 16}), "size mismatch"),
+    (lambda c: c.pop("class"), "names no model"),
+])
+def test_bad_model_folders_are_one_line(tmp_path, edit, message):
+    folder = _exported(tmp_path)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    edit(config)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError, match=message) as e:
+        from_pretrained(folder)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "other_model"])
+def test_weights_that_do_not_fit_are_one_line(tmp_path, damage):
+    folder = _exported(tmp_path)
+    weights = folder / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:200])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    else:
+        SequenceLM(vocab_size=8, d_model=8, n_layers=2).save_pretrained(tmp_path / "other")
+        weights.write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    with pytest.raises(UserError, match="unreadable or truncated|does not match") as e:
+        from_pretrained(folder)
+    assert "\n" not in str(e.value)
+
+
+def test_unexportable_arguments_are_refused_at_save(tmp_path):
+    from mmseq.runner.pretrained import PretrainedMixin
+
+    class Odd(PretrainedMixin, torch.nn.Module):
+        def __init__(self, scale: object) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+    with pytest.raises(TypeError, match="constructor argument args.scale is a device"):
+        Odd(torch.device("cpu")).save_pretrained(tmp_path / "odd")
+
+
+def test_classify_audio_with_a_broken_checkpoint_is_one_line(tmp_path, run_cli):
+    folder = _exported(tmp_path)
+    (tmp_path / "clip.wav").write_bytes(b"")
+    r = run_cli("classify-audio", "clip.wav", "--checkpoint", str(folder), cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "expected AudioClassifier" in r.stderr
 
 
 def test_from_pretrained_on_missing_folder(tmp_path):
