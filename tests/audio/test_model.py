@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torchaudio
 
 from mmseq.audio.frontends import FRONTENDS, create_frontend
 from mmseq.audio.model import AudioClassifier
@@ -20,18 +19,6 @@ def test_frontend_frames_are_local(name):
     k = 3
     shifted = fe(wave[:, k * fe.hop:])
     torch.testing.assert_close(shifted, full[:, k: k + shifted.shape[1]], rtol=0, atol=1e-10)
-
-
-def test_logmel_matches_torchaudio_log_mel_energies():
-    fe = create_frontend("logmel", 16000, n_mels=32)
-    wave = torch.randn(1, 16000)
-    ref = torchaudio.compliance.kaldi.fbank  # a different implementation; compare the frame count and timing
-    assert fe.num_frames(16000) == ref(wave, num_mel_bins=32, snip_edges=True, dither=0.0).shape[0]
-    # A 1 kHz tone puts its energy in the mel band that contains 1 kHz.
-    t = torch.arange(16000) / 16000
-    feats = fe(torch.sin(2 * torch.pi * 1000 * t)[None])[0]  # [L, 32]
-    centers = torchaudio.functional.melscale_fbanks(201, 20.0, 8000.0, 32, 16000).argmax(0) * 8000 / 200
-    assert abs(float(centers[feats.mean(0).argmax()]) - 1000) < 150
 
 
 def test_mfcc_is_dct_of_logmel():
