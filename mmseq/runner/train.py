@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
-from mmseq.errors import UserError
+from mmseq.errors import ConfigError, UserError
 
 from .callbacks import RNGState, Throughput
 from .checkpoint import SafeCheckpointIO, safe_torch_load
 from .config import dump_yaml, read_yaml, to_dict
+from .logs import FlushLogsOnCheckpoint, ResumableCSVLogger
 from .pretrained import from_pretrained, save_pretrained
 from .task import Task, load_task, load_task_file
 
@@ -37,27 +41,37 @@ def _checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def build_trainer(task: Task, run_dir: Path, *, for_fit: bool = True) -> tuple[pl.Trainer, dict]:
-    """A Lightning Trainer configured from ``task.cfg.trainer``; returns it and the named callbacks."""
+def build_trainer(task: Task, run_dir: Path, *, for_fit: bool = True,
+                  resume_step: int | None = None) -> tuple[pl.Trainer, dict]:
+    """A Lightning Trainer configured from ``task.cfg.trainer``; returns it and the named callbacks.
+
+    ``resume_step``: the global step of the checkpoint a resumed run starts from (its log keeps the rows
+    before it)."""
     t = task.cfg.trainer
     callbacks: dict[str, pl.Callback] = {}
     loggers = []
+    ckpt_dir = _checkpoint_dir(run_dir).resolve()
     if for_fit:
-        ckpt_dir = _checkpoint_dir(run_dir)
         callbacks["last"] = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
-                                            every_n_train_steps=t.checkpoint_every_n_steps)
+                                            every_n_train_steps=t.checkpoint_every_n_steps,
+                                            enable_version_counter=False)
         callbacks["best"] = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor,
                                             mode=task.monitor_mode, save_top_k=1, auto_insert_metric_name=False,
                                             enable_version_counter=False)
         callbacks["rng"] = RNGState()
         callbacks["throughput"] = Throughput(t.log_every_n_steps)
         callbacks["lr"] = LearningRateMonitor(logging_interval="step")
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+        callbacks["flush"] = FlushLogsOnCheckpoint()
+        loggers.append(ResumableCSVLogger(save_dir=str(run_dir), name="logs", version="", resume_step=resume_step))
         if t.tensorboard:
             loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
     accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator
     devices = t.devices if for_fit else 1
     strategy = "ddp" if devices > 1 else "auto"
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'trainer.accelerator': {t.accelerator!r} asks for a GPU, but torch sees no "
+                          "CUDA device here; use trainer.accelerator=auto or cpu")
+    quiet_lightning()
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         max_steps=t.max_steps,
@@ -76,12 +90,21 @@ def build_trainer(task: Task, run_dir: Path, *, for_fit: bool = True) -> tuple[p
         deterministic=t.deterministic,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
-        plugins=[SafeCheckpointIO()],
+        plugins=[SafeCheckpointIO(relocate_to=ckpt_dir)],
         callbacks=list(callbacks.values()),
         logger=loggers or False,
         enable_checkpointing=for_fit,
     )
     return trainer, callbacks
+
+
+def quiet_lightning() -> None:
+    """Hide Lightning's notices that say nothing to a user here (GPU/TPU availability, logger tips) and a
+    deprecation warning raised inside Lightning itself."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*litlogger.*")
 
 
 def _scalar_metrics(metrics: dict) -> dict:
@@ -109,6 +132,12 @@ def train(config: str | Path | None = None, overrides: list[str] | None = None, 
             raise UserError(f"--resume accepts only trainer.* overrides (the model and data are fixed), got {bad[0]!r}")
         task = load_task(read_yaml(config_file), overrides, source=str(config_file))
         ckpt_path: Path | None = last
+        resume_step = int(safe_torch_load(last).get("global_step", 0))
+        if resume_step >= task.cfg.trainer.max_steps and (run_dir / "metrics.json").is_file():
+            # Nothing to train: leave the finished run (its logs, checkpoints and model) exactly as it is.
+            print(f"{run_dir} already reached step {resume_step} (trainer.max_steps={task.cfg.trainer.max_steps}); "
+                  f"nothing to do. Pass trainer.max_steps=N with N > {resume_step} to train it further.")
+            return {**json.loads((run_dir / "metrics.json").read_text()), "already_finished": True}
     else:
         if config is None:
             raise UserError("give a config file or --resume RUN_DIR")
@@ -117,18 +146,35 @@ def train(config: str | Path | None = None, overrides: list[str] | None = None, 
             run_dir = Path(os.environ[RUN_DIR_ENV]) if worker and RUN_DIR_ENV in os.environ else _default_run_dir(
                 task.name)
         run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir} is a file; give a new folder")
         if not worker and run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"run folder {run_dir} already exists and is not empty: "
                             f"pass --resume {run_dir} to continue it, or choose another --run-dir")
         ckpt_path = None
+        resume_step = None
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    if worker:
+        return _fit(task, run_dir, ckpt_path, resume_step)
+    fresh = ckpt_path is None and not run_dir.exists()
+    print(f"run folder: {run_dir}", flush=True)
+    try:
+        return _fit(task, run_dir, ckpt_path, resume_step)
+    except BaseException:
+        # A new run that failed before its first checkpoint leaves no half-made folder behind.
+        if fresh and run_dir.is_dir() and not any(_checkpoint_dir(run_dir).glob("*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _fit(task: Task, run_dir: Path, ckpt_path: Path | None, resume_step: int | None) -> dict:
 
     cfg = task.cfg
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = task.build_model()
+    model = build_model(task)
     module = task.build_module(model)
     datamodule = task.build_datamodule()
-    trainer, callbacks = build_trainer(task, run_dir)
+    trainer, callbacks = build_trainer(task, run_dir, resume_step=resume_step)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
@@ -155,6 +201,17 @@ def train(config: str | Path | None = None, overrides: list[str] | None = None, 
         save_pretrained(model, run_dir / "model")  # the model alone: class, constructor arguments, weights
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def build_model(task: Task):
+    """``task.build_model()``, with a constructor's refusal (e.g. n_heads that does not divide d_model) reported
+    as a config error naming the model section."""
+    try:
+        return task.build_model()
+    except (ValueError, TypeError, AssertionError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise ConfigError(f"config section 'model': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def _has_test(datamodule: pl.LightningDataModule) -> bool:

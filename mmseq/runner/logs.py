@@ -1,0 +1,77 @@
+"""The run's CSV log, kept across resumes: ``logs/metrics.csv`` holds every step of the run exactly once.
+
+Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts. Here a resumed run keeps the rows
+logged before the checkpoint it resumes from and drops the later ones (that work is redone), so a killed and
+resumed run's log equals an uninterrupted run's. Rows are flushed whenever a checkpoint is written, so no
+row a checkpoint covers can be lost in a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+
+class _KeepingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str, keep_before_step: int | None) -> None:
+        self.keep_before_step = keep_before_step  # read by _check_log_dir_exists, which the base __init__ calls
+        super().__init__(log_dir=log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = list(reader)
+        limit = self.keep_before_step
+        if limit is not None:
+            rows = [r for r in rows if r.get("step", "") == "" or int(float(r["step"])) < limit]
+        self.metrics_keys = sorted(set(fields))
+        _write_rows(path, self.metrics_keys, rows)
+
+
+def _write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """CSVLogger that appends to an existing ``metrics.csv``; ``resume_step`` = the checkpoint's global step
+    (rows from that step on are dropped, since the resumed run logs them again). None for a fresh run."""
+
+    def __init__(self, save_dir: str, resume_step: int | None = None, **kwargs) -> None:
+        super().__init__(save_dir=save_dir, **kwargs)
+        self.resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(self.log_dir, self.resume_step)
+        return self._experiment
+
+
+class FlushLogsOnCheckpoint(pl.Callback):
+    """Write buffered log rows whenever a checkpoint is saved, so a crash loses no row the checkpoint covers."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            logger.save()
