@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -37,7 +38,11 @@ def _print_metrics(metrics: dict) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from mmseq.runner.train import evaluate
 
-    result = evaluate(args.run_dir, args.overrides, out=args.out)
+    if args.json:  # stdout carries the JSON alone: progress bars and notices go to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            result = evaluate(args.run_dir, args.overrides, out=args.out)
+    else:
+        result = evaluate(args.run_dir, args.overrides, out=args.out)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -87,10 +87,18 @@ def classify_file(model: AudioClassifier, path: str | Path, *, top_k: int = 3, t
 
 def classify_files(paths: list[str | Path], checkpoint: str | Path | None = None, *, top_k: int = 3,
                    threshold: float = 0.5) -> list[dict]:
-    """Classify every file (see ``classify_file``); returns one dict per file, in order."""
+    """Classify every file (see ``classify_file``); returns one dict per file, in order. A file that cannot be
+    classified gets ``{"file": ..., "error": "one line"}`` instead of stopping the others."""
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
     model = load_classifier(checkpoint)
-    return [asdict(classify_file(model, p, top_k=top_k, threshold=threshold)) for p in paths]
+    results = []
+    for p in paths:
+        # One bad clip among many is reported in its place; the others are still classified.
+        try:
+            results.append(asdict(classify_file(model, p, top_k=top_k, threshold=threshold)))
+        except UserError as e:
+            results.append({"file": str(p), "error": str(e)})
+    return results

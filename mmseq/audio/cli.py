@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from mmseq.commands import DatasetMaker, positive_float, positive_int, register_dataset
@@ -40,20 +41,27 @@ class KeywordSet(DatasetMaker):
 def _cmd_classify_audio(args: argparse.Namespace) -> int:
     if not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    missing = [c for c in args.clips if not Path(c).exists()]
-    if missing:
-        raise UserError(f"no such file: {missing[0]}")
+    if not any(Path(c).exists() for c in args.clips):  # answered before the model and torch are loaded
+        raise UserError(f"no such file: {args.clips[0]}" + (f" (nor any of the other {len(args.clips) - 1})"
+                                                             if len(args.clips) > 1 else ""))
+    if args.checkpoint is not None and not Path(args.checkpoint).exists():
+        raise UserError(f"--checkpoint {args.checkpoint}: no such folder")
     from .classify import classify_files
 
     results = classify_files(args.clips, args.checkpoint, top_k=args.top_k, threshold=args.threshold)
+    failed = [r for r in results if "error" in r]
     if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        others = "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:])
-        guess = f" (best guess {r['best_guess']})" if r["label"] != r["best_guess"] else ""
-        print(f"{r['file']}\t{r['label']}\t{r['score']:.3f}{guess}" + (f"\t[{others}]" if others else ""))
-    return 0
+        print(json.dumps(results, indent=2, allow_nan=False))
+    else:
+        for r in results:
+            if "error" in r:
+                continue
+            others = "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:])
+            guess = f" (best guess {r['best_guess']})" if r["label"] != r["best_guess"] else ""
+            print(f"{r['file']}\t{r['label']}\t{r['score']:.3f}{guess}" + (f"\t[{others}]" if others else ""))
+    for r in failed:
+        print(f"mmseq classify-audio: error: {r['error']}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

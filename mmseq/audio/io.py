@@ -160,6 +160,7 @@ def load_audio(
     p = _check_file(path)
     header = _sf_info(p)
     if header is not None:
+        _check_wav_complete(p)
         info = AudioInfo(int(header.samplerate), int(header.channels), int(header.frames),
                          header.frames / header.samplerate, str(header.format))
         _check_length(p, info, max_seconds)
@@ -188,12 +189,38 @@ def load_audio(
         file_sr = int(samples.sample_rate)
     if wave.shape[-1] == 0:
         raise AudioError(f"{p} holds no audio samples (0 frames); expected a clip of at least one sample")
+    if not torch.isfinite(wave).all():
+        bad = int((~torch.isfinite(wave)).sum())
+        raise AudioError(f"{p} holds {bad} NaN or infinite sample(s); a clip must hold finite values in [-1, 1]")
     if mono:
         wave = wave.mean(dim=0)
     if sample_rate is not None and sample_rate != file_sr:
         wave = resample(wave, int(file_sr), sample_rate)
     # Float files may hold values past full scale, and resampling overshoots on sharp edges.
     return wave.clamp_(-1.0, 1.0).contiguous()
+
+
+def _check_wav_complete(p: Path) -> None:
+    """Refuse a WAV whose data chunk is shorter than its header says (libsndfile reads what is there silently)."""
+    if p.suffix.lower() != ".wav":
+        return
+    size = p.stat().st_size
+    with p.open("rb") as f:
+        if f.read(4) != b"RIFF" or len(f.read(4)) < 4 or f.read(4) != b"WAVE":
+            return  # RF64, W64 and others: leave them to libsndfile
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return
+            chunk, length = head[:4], int.from_bytes(head[4:], "little")
+            if chunk == b"data":
+                available = size - f.tell()
+                # 0 and 0xFFFFFFFF mark a stream written without a final length: nothing to compare with.
+                if length not in (0, 0xFFFFFFFF) and length > available:
+                    raise AudioError(f"{p} is truncated: its header announces {length} bytes of audio but the file "
+                                     f"holds {available}; re-create or re-download it")
+                return
+            f.seek(length + (length & 1), os.SEEK_CUR)
 
 
 def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:

@@ -169,13 +169,47 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
+        node = OmegaConf.select(cfg, key.strip(), default=None)
+        if isinstance(node, DictConfig) and not isinstance(parsed, dict):
+            raise ConfigError(f"override {item!r}: {key.strip()} is a mapping; give one, e.g. "
+                              f"{key.strip()}='{{name: ...}}', or set one of its keys ({key.strip()}.KEY=VALUE)")
         # A mapping replaces the whole node: model.mixer='{name: mamba}' must not keep attention's n_heads.
-        OmegaConf.update(cfg, key.strip(), parsed, merge=not isinstance(parsed, dict), force_add=True)
+        try:
+            OmegaConf.update(cfg, key.strip(), parsed, merge=not isinstance(parsed, dict), force_add=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
     return OmegaConf.to_container(cfg)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "msg", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_sections(raw: dict, schema: type, prefix: str = "") -> None:
+    """A mapping where the schema has a section (OmegaConf's own message for this names no key)."""
+    for f in dataclasses.fields(schema):
+        if f.name not in raw:
+            continue
+        value, key = raw[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.type) and isinstance(f.type, type):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{key}' must be a mapping (key: value entries), "
+                                  f"got {type(value).__name__} {value!r}")
+            _check_sections(value, f.type, key + ".")
+        elif _is_mapping_type(f.type) and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping such as {{name: ...}}, "
+                              f"got {type(value).__name__} {value!r}")
+
+
+def _is_mapping_type(tp: Any) -> bool:
+    text = str(tp)
+    return text.startswith(("dict", "typing.Dict")) or " dict[" in f" {text}"
 
 
 def validate(raw: dict, schema: type) -> DictConfig:
     """Merge ``raw`` into the structured ``schema``; unknown keys or bad types raise ConfigError."""
+    _check_sections(raw, schema)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(schema), raw)
     except OmegaConfBaseException as e:

@@ -63,13 +63,19 @@ class PasskeyDataConfig:
 class TokenDataModule(SplitDataModule):
     """Splits of (inputs, labels[, depth]) tensors, read from ``root`` or generated in memory."""
 
-    def __init__(self, make_split, root: str | None, batch_size: int, seed: int, num_workers: int = 0) -> None:
+    def __init__(self, make_split, root: str | None, batch_size: int, seed: int, num_workers: int = 0,
+                 vocab_size: int | None = None) -> None:
         super().__init__(batch_size, seed, num_workers=num_workers)
         self.make_split = make_split
         self.root = Path(root) if root else None
+        self.vocab_size = vocab_size
 
     def load_split(self, split: str) -> TensorDataset:
         t = load_split(self.root / f"{split}.safetensors") if self.root else self.make_split(split)
+        top = int(max(t["inputs"].max(), t["labels"].max())) if t["inputs"].numel() else -1
+        if self.vocab_size is not None and top >= self.vocab_size:
+            raise ConfigError(f"config key 'data.vocab_size': {split} data holds token id {top}, beyond the "
+                              f"model's vocabulary of {self.vocab_size}; make the data with this config's sizes")
         extra = [t["depth"]] if "depth" in t else []
         return TensorDataset(t["inputs"], t["labels"], *extra)
 
@@ -136,6 +142,36 @@ class _RecallTask(Task):
             self.make_split("check", num=1)
         except ValueError as e:
             raise ConfigError(f"config section 'data': {e}") from None
+        if d.root:
+            self.check_data_folder(Path(d.root))
+
+    # data.* keys a data folder must have been made with (they fix the token ids and shapes)
+    data_identity: tuple[str, ...] = ()
+
+    def check_data_folder(self, root: Path) -> None:
+        """A ``data.root`` from ``mmseq data make``: a folder of splits made with this config's sizes."""
+        make = f"mmseq data make {self.name} {root}"
+        if not root.is_dir():
+            raise ConfigError(f"config key 'data.root': {root} is not a folder; make one with `{make}`")
+        for split in ("train", "val", "test"):
+            if not (root / f"{split}.safetensors").is_file():
+                raise ConfigError(f"config key 'data.root': {root} has no {split}.safetensors; make the data "
+                                  f"with `{make}`")
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(root / "train.safetensors"), "pt") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # safetensors raises its own error types for damaged headers
+            raise ConfigError(f"config key 'data.root': {root}/train.safetensors is unreadable "
+                              f"({str(e).splitlines()[0]})") from None
+        if meta.get("task") not in (None, self.name):
+            raise ConfigError(f"config key 'data.root': {root} holds {meta['task']} data, not {self.name}")
+        for key in self.data_identity:
+            made, wanted = meta.get(key), getattr(self.cfg.data, key)
+            if made is not None and str(made) != str(wanted):
+                raise ConfigError(f"config key 'data.{key}': the data in {root} was made with {key}={made}, the "
+                                  f"config says {wanted}; set data.{key}={made} or remake the data")
 
     def make_split(self, split: str, num: int | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -146,7 +182,8 @@ class _RecallTask(Task):
 
     def build_datamodule(self) -> TokenDataModule:
         d = self.cfg.data
-        return TokenDataModule(self.make_split, d.root, d.batch_size, self.cfg.seed, self.cfg.trainer.num_workers)
+        return TokenDataModule(self.make_split, d.root, d.batch_size, self.cfg.seed, self.cfg.trainer.num_workers,
+                               vocab_size=self.vocab_size())
 
     def build_module(self, model) -> RecallModule:
         return RecallModule(model, self.cfg.optim, self.cfg.trainer.max_steps, self.vocab_size())
@@ -160,6 +197,7 @@ class MQARTask(_RecallTask):
     """Multi-query associative recall (Zoology): recall the value bound to each repeated key."""
 
     data_config = MQARDataConfig
+    data_identity = ("vocab_size", "seq_len", "num_kv_pairs")
 
     def vocab_size(self) -> int:
         return self.cfg.data.vocab_size
@@ -175,6 +213,7 @@ class PasskeyTask(_RecallTask):
     """Passkey retrieval: recall a digit string hidden at some depth in filler text."""
 
     data_config = PasskeyDataConfig
+    data_identity = ("seq_len", "n_digits", "filler_vocab")
 
     def vocab_size(self) -> int:
         return passkey_vocab_size(self.cfg.data.filler_vocab)

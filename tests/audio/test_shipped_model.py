@@ -129,3 +129,19 @@ def test_classify_audio_plain_output_and_silence(spoken, run_cli, tmp_path):
     assert len(lines) == 2 and lines[0].startswith(str(clip))
     # Near-silence is not forced into a keyword.
     assert lines[1].split("\t")[1] in (SILENCE, "_unknown_"), lines[1]
+
+
+def test_one_bad_clip_does_not_stop_the_others(spoken, run_cli, tmp_path):
+    import numpy as np
+
+    (_, good), *_ = next(iter(spoken.values()))
+    nan = np.zeros(16000, dtype=np.float32)
+    nan[100] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    r = run_cli("classify-audio", str(good), "nan.wav", "nosuch.wav", "--json", cwd=tmp_path)
+    assert r.returncode == 2
+    out = json.loads(r.stdout)  # valid JSON: no bare NaN anywhere
+    assert [o["file"] for o in out] == [str(good), "nan.wav", "nosuch.wav"]
+    assert "label" in out[0] and "error" not in out[0]
+    assert "NaN or infinite" in out[1]["error"] and "not found" in out[2]["error"]
+    assert len(r.stderr.strip().splitlines()) == 2  # one line per bad clip

@@ -1,6 +1,9 @@
 """Kill a training run with SIGKILL, resume it, and get the weights of an uninterrupted run."""
 
+import csv
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from mmseq.runner.checkpoint import safe_torch_load
 
@@ -47,16 +51,55 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_mqar, run_cli)
     killed_at = _step_of(last)
     assert 15 <= killed_at < 40
 
-    res = run_cli("train", "--resume", "killed", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
-    step_ref, ref_state = _final_state(tmp_path / "ref")
-    step_res, res_state = _final_state(tmp_path / "killed")
-    assert step_ref == step_res == 40
-    assert ref_state.keys() == res_state.keys()
-    for k in ref_state:
-        torch.testing.assert_close(res_state[k], ref_state[k], rtol=1e-5, atol=1e-6, msg=k)
-    # Validation ran from where the checkpoint left off: the resumed log continues the step count.
-    assert (tmp_path / "killed" / "metrics.json").is_file()
+    # A copy of the killed run (made before the original resumes and rewrites its checkpoints) must resume the
+    # same way: its checkpoints hold absolute paths into the original folder.
+    shutil.copytree(tmp_path / "killed", tmp_path / "copy")
+    for name in ("killed", "copy"):
+        res = run_cli("train", "--resume", name, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        run = tmp_path / name
+        step_ref, ref_state = _final_state(tmp_path / "ref")
+        step_res, res_state = _final_state(run)
+        assert step_ref == step_res == 40
+        assert ref_state.keys() == res_state.keys()
+        for k in ref_state:
+            torch.testing.assert_close(res_state[k], ref_state[k], rtol=1e-5, atol=1e-6, msg=f"{name}: {k}")
+        # Nothing lost, nothing twice: the log holds the uninterrupted run's rows.
+        assert _log_rows(run) == _log_rows(tmp_path / "ref"), name
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"], name
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["global_step"] == 40 and metrics["best_checkpoint"] == "checkpoints/best.ckpt"
+        best = safe_torch_load(run / "checkpoints" / "best.ckpt")["state_dict"]
+        exported = load_file(str(run / "model" / "model.safetensors"))
+        for k, v in exported.items():
+            torch.testing.assert_close(v, best[f"model.{k}"], rtol=0, atol=0, msg=f"{name}: {k}")
+
+
+def _log_rows(run: Path) -> list[tuple]:
+    """metrics.csv rows without the timing columns (throughput, memory), sorted."""
+    with (run / "logs" / "metrics.csv").open(newline="") as f:
+        rows = [tuple(sorted((k, v) for k, v in r.items() if v != "" and not k.startswith("perf/")))
+                for r in csv.DictReader(f)]
+    assert len(rows) == len(set(rows)), "a row was logged twice"
+    return sorted(rows)
+
+
+def test_finished_run_is_left_alone_and_extends_by_appending(tmp_path, tiny_mqar, run_cli):
+    r = run_cli("train", str(tiny_mqar), "trainer.max_steps=20", "--run-dir", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    r = run_cli("train", "--resume", "run", cwd=tmp_path)
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr[-2000:]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    rows_before = _log_rows(run)
+    r = run_cli("train", "--resume", "run", "trainer.max_steps=30", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows_after = _log_rows(run)
+    kept = [row for row in rows_before if int(dict(row)["step"]) < 20]
+    assert kept and set(kept) <= set(rows_after)  # the first 20 steps' rows survive the extension
+    assert max(int(dict(row)["step"]) for row in rows_after) == 30
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 30
 
 
 def test_resume_needs_a_checkpoint(tmp_path, run_cli):
