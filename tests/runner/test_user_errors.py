@@ -126,3 +126,11 @@ def test_classify_audio_missing_file_answers_before_loading_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["2", "False"], r.stderr
     assert "no such file: nosuch.wav" in r.stderr
+
+
+def test_train_names_its_run_folder_first_and_hides_lightning_notices(tiny_mqar, run_cli):
+    r = run_cli("train", str(tiny_mqar), "trainer.max_steps=2", "--run-dir", "run", cwd=tiny_mqar.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[0] == "run folder: run"
+    for notice in ("GPU available", "TPU available", "litlogger", "LeafSpec"):
+        assert notice not in r.stdout + r.stderr, notice
