@@ -42,9 +42,10 @@ def codes_to_indices(codes: torch.Tensor) -> torch.Tensor:
     """Codes [B, K, ...] (sign decides: > 0 is bit 1) -> int64 ids [B, ...], most significant bit = channel 0."""
     bits = codes.shape[1]
     _check_bits(bits)
-    weights = 2 ** torch.arange(bits - 1, -1, -1, device=codes.device, dtype=torch.int64)
-    weights = weights.view(1, bits, *([1] * (codes.dim() - 2)))
-    return ((codes > 0).to(torch.int64) * weights).sum(dim=1)
+    ids = torch.zeros(codes.shape[:1] + codes.shape[2:], dtype=torch.int64, device=codes.device)
+    for k in range(bits):  # bit by bit: no [B, K, ...] int64 temporary
+        ids.mul_(2).add_(codes[:, k] > 0)
+    return ids
 
 
 def indices_to_codes(ids: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -295,22 +295,28 @@ class CTTokenizer(PretrainedMixin, nn.Module):
             cache.first = False
         return x
 
+    def _encode_chunks(self, x: torch.Tensor, window: int, progress: bool):
+        """Yield the pre-quantization latent of x [B, 1, D, H, W], frames in order, ``window`` slices at a time
+        (chunks on the model's device and dtype)."""
+        self._check_volume(x)
+        window = _check_window(window)
+        p = next(self.parameters())
+        cache = CausalCache()
+        for start in _progress(range(0, x.shape[2], window), progress, "encode"):
+            yield self.encode_step(x[:, :, start:start + window].to(p.device, p.dtype), cache)
+
     @torch.no_grad()
     def encode_latent_windowed(self, x: torch.Tensor, window: int, progress: bool = False) -> torch.Tensor:
         """Pre-quantization latent [B, K, d, h, w] of x, computed ``window`` slices at a time (see
         ``encode_windowed``)."""
-        self._check_volume(x)
-        window = _check_window(window)
-        p = next(self.parameters())
         b, _, depth, height, width = x.shape
-        d, h, w = self.latent_shape(depth, height, width)
-        z = torch.empty(b, self.token_bits, d, h, w, dtype=p.dtype, device=x.device)
-        cache, filled = CausalCache(), 0
-        for start in _progress(range(0, depth, window), progress, "encode"):
-            out = self.encode_step(x[:, :, start:start + window].to(p.device, p.dtype), cache)
+        z = torch.empty(b, self.token_bits, *self.latent_shape(depth, height, width),
+                        dtype=next(self.parameters()).dtype, device=x.device)
+        filled = 0
+        for out in self._encode_chunks(x, window, progress):
             z[:, :, filled:filled + out.shape[2]] = out.to(x.device)
             filled += out.shape[2]
-        assert filled == d, (filled, d)
+        assert filled == z.shape[2], (filled, z.shape[2])
         return z
 
     @torch.no_grad()
@@ -321,11 +327,21 @@ class CTTokenizer(PretrainedMixin, nn.Module):
         x [B, 1, D, H, W] may live on another device than the model (e.g. a long volume in CPU memory): each
         chunk is moved to the model's device and dtype, and the results come back to x's device. Any
         ``window`` >= 1 gives the same result; a multiple of ``depth_factor`` yields whole latent frames per
-        chunk. Peak memory is set by the window, not by D. ``progress`` shows a tqdm bar. No gradient.
+        chunk. Peak memory is set by the window, not by D (beyond the returned tokens themselves). ``progress``
+        shows a tqdm bar. No gradient.
         """
-        z = self.encode_latent_windowed(x, window, progress)
-        quantized, ids, _ = self.quantizer(z, compute_loss=False)
-        return ids, quantized
+        b, _, depth, height, width = x.shape
+        shape = self.latent_shape(depth, height, width)
+        ids = torch.empty(b, *shape, dtype=torch.int64, device=x.device)
+        codes = torch.empty(b, self.token_bits, *shape, dtype=next(self.parameters()).dtype, device=x.device)
+        filled = 0
+        for z in self._encode_chunks(x, window, progress):
+            q, i, _ = self.quantizer(z, compute_loss=False)
+            n = z.shape[2]
+            ids[:, filled:filled + n], codes[:, :, filled:filled + n] = i.to(x.device), q.to(x.device)
+            filled += n
+        assert filled == shape[0], (filled, shape[0])
+        return ids, codes
 
     @torch.no_grad()
     def decode_windowed(self, tokens: torch.Tensor, window: int, progress: bool = False) -> torch.Tensor:
