@@ -1,0 +1,188 @@
+"""Command-line pieces of the medical domain: ``tokenize-ct``, ``detokenize-ct``, ``report-ct`` and
+``mmseq data make ct-phantoms``. Nothing heavy is imported until a verb runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mmseq.commands import DatasetMaker, positive_int, register_dataset
+from mmseq.errors import UserError
+
+SHIPPED_TOKENIZER = "ct_tokenizer"
+SHIPPED_REPORTER = "ct_report"
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+
+
+@register_dataset("ct-phantoms")
+class CTPhantomSet(DatasetMaker):
+    help = "chest-CT phantoms with findings, reports and labels, in the CT-RATE layout"
+    description = ("Write deterministic chest-CT phantoms (body, lungs with airways, heart, aorta, spine and ribs "
+                   "in realistic HU, scanner-like noise) carrying findings, with matching reports, the 18-label "
+                   "table and metadata, in the CT-RATE layout (dataset/train, dataset/valid, "
+                   "radiology_text_reports/, multi_abnormality_labels/, metadata/).")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--n", type=positive_int, default=200, help="number of volumes (default 200)")
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    def make(self, args: argparse.Namespace, out_dir: Path) -> int:
+        from .phantoms import make_ct_phantoms
+
+        summary = make_ct_phantoms(out_dir, n=args.n, seed=args.seed)
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+
+
+def _asset(name: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("mmseq") / "assets" / name))
+
+
+def load_tokenizer(checkpoint: str | None):
+    from .tokenizer import CTTokenizer
+
+    path = Path(checkpoint) if checkpoint else _asset(SHIPPED_TOKENIZER)
+    if checkpoint is None and not path.is_dir():
+        raise UserError("no CT tokenizer ships with this installation; pass --checkpoint RUN_OR_MODEL_DIR")
+    return CTTokenizer.from_pretrained(path)
+
+
+def load_reporter(checkpoint: str | None):
+    from .report_model import ReportGenerator
+
+    path = Path(checkpoint) if checkpoint else _asset(SHIPPED_REPORTER)
+    if checkpoint is None and not path.is_dir():
+        raise UserError("no report generator ships with this installation; pass --checkpoint RUN_OR_MODEL_DIR")
+    return ReportGenerator.from_pretrained(path)
+
+
+def _is_volume_file(p: Path) -> bool:
+    return p.is_file() and p.name.endswith(VOLUME_SUFFIXES)
+
+
+def _dataset_inputs(source: Path) -> list[Path] | None:
+    """The volumes of a folder of NIfTI files (any depth; a CT-RATE tree) or of a CSV with a VolumeName or
+    path column; None when ``source`` is one volume (a NIfTI file or a DICOM folder)."""
+    if source.is_file() and source.suffix.lower() == ".csv":
+        import csv
+
+        with source.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise UserError(f"{source} lists no volumes")
+        key = next((k for k in ("path", "VolumeName") if k in rows[0]), None)
+        if key is None:
+            raise UserError(f"{source} needs a 'path' or 'VolumeName' column")
+        if key == "path":
+            return [Path(r["path"]) for r in rows]
+        from .ctrate import volume_relpath
+
+        base = source.parent.parent  # dataset/radiology_text_reports/<csv> -> dataset/
+        return [base.joinpath(*volume_relpath(r["VolumeName"]).parts) for r in rows]
+    if source.is_dir():
+        found = sorted(p for p in source.rglob("*") if _is_volume_file(p))
+        return found or None
+    return None
+
+
+def _cmd_tokenize(args: argparse.Namespace) -> int:
+    source = Path(args.input)
+    if not source.exists():
+        raise UserError(f"no such file or folder: {source}")
+    inputs = _dataset_inputs(source)
+    out = Path(args.output)
+    if inputs is None and out.exists() and not args.overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another -o")
+    from .tokens import tokenize_file, tokenize_many
+
+    tokenizer = load_tokenizer(args.checkpoint)
+    if inputs is None:
+        path = tokenize_file(tokenizer, source, out, window=args.window, progress=True, overwrite=args.overwrite)
+        print(f"wrote {path}")
+        return 0
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out} is a file; a data set is tokenized into a folder")
+    summary = tokenize_many(tokenizer, inputs, out, window=args.window)
+    print(json.dumps(summary, indent=2))
+    return 2 if summary["failed"] else 0
+
+
+def _cmd_detokenize(args: argparse.Namespace) -> int:
+    if not Path(args.tokens).is_file():
+        raise UserError(f"no such token file: {args.tokens}")
+    out = Path(args.output)
+    if not out.name.endswith(VOLUME_SUFFIXES):
+        raise UserError(f"-o {out}: write a .nii or .nii.gz file")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another -o")
+    from .tokens import detokenize_file
+
+    path = detokenize_file(load_tokenizer(args.checkpoint), args.tokens, out, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    source = Path(args.input)
+    if not source.exists():
+        raise UserError(f"no such file or folder: {source}")
+    import contextlib
+
+    from .labeler import label_report
+    from .tokens import CTTokens, tokenize_volume
+
+    with contextlib.redirect_stdout(sys.stderr):
+        reporter = load_reporter(args.checkpoint)
+        if source.suffix == ".safetensors":
+            tokens = CTTokens.load(source)
+        else:
+            from .io import load_ct
+
+            tokens = tokenize_volume(load_tokenizer(args.tokenizer), load_ct(source), source=source.name)
+        report = reporter.generate(tokens.codes()[None], beam_size=args.beam)[0]
+    findings = sorted(name for name, present in label_report(report).items() if present)
+    if args.json:
+        print(json.dumps({"input": str(source), "report": report, "findings": findings}, indent=2))
+    else:
+        print(report)
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    t = subparsers.add_parser(
+        "tokenize-ct", help="CT volume(s) -> token files",
+        description="Tokenize a CT volume (a .nii/.nii.gz file or a folder of DICOM slices) into a token file, or "
+                    "a data set (a folder of NIfTI volumes such as a CT-RATE split, or a CSV with a path or "
+                    "VolumeName column) into a folder of token files plus index.csv. Data sets resume: files "
+                    "already made are skipped. Without --checkpoint the shipped tokenizer is used.")
+    t.add_argument("input", metavar="IN", help="NIfTI file, DICOM folder, folder of NIfTI volumes, or CSV")
+    t.add_argument("-o", "--output", required=True, help="TOKENS.safetensors for one volume; a folder for a set")
+    t.add_argument("--checkpoint", help="tokenizer run or model folder (default: the shipped tokenizer)")
+    t.add_argument("--window", type=positive_int, default=32,
+                   help="slices encoded at a time (memory; the tokens do not depend on it; default 32)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    t.set_defaults(func=_cmd_tokenize)
+
+    d = subparsers.add_parser("detokenize-ct", help="token file -> CT volume (.nii.gz)",
+                              description="Decode a token file into a NIfTI volume in the geometry of the volume "
+                                          "that was tokenized (on the tokenizer's resampled grid).")
+    d.add_argument("tokens", metavar="TOKENS", help="a token file from tokenize-ct")
+    d.add_argument("-o", "--output", required=True, help="OUT.nii.gz")
+    d.add_argument("--checkpoint", help="tokenizer run or model folder (default: the shipped tokenizer)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    d.set_defaults(func=_cmd_detokenize)
+
+    r = subparsers.add_parser("report-ct", help="write a radiology report for a CT volume",
+                              description="Generate a report for a CT volume (NIfTI file or DICOM folder) or a "
+                                          "token file. Without --checkpoint / --tokenizer the shipped models are "
+                                          "used.")
+    r.add_argument("input", metavar="IN", help="NIfTI file, DICOM folder or token file")
+    r.add_argument("--checkpoint", help="report generator run or model folder (default: the shipped one)")
+    r.add_argument("--tokenizer", help="tokenizer run or model folder (default: the shipped one)")
+    r.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
+    r.add_argument("--json", action="store_true", help="print {input, report, findings} as JSON")
+    r.set_defaults(func=_cmd_report)

@@ -1,0 +1,390 @@
+"""Medical tasks: ``ct-tokenizer`` (BTB3D-style causal 3D tokenizer) and ``ct-report`` (reports from tokens).
+
+Both read the CT-RATE layout (``mmseq data make ct-phantoms`` writes one). CT-RATE has a train and a valid
+split; the valid volumes are shared out alternately to validation and test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+from torchmetrics import MeanMetric
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from mmseq.data import SplitDataModule
+from mmseq.errors import ConfigError
+from mmseq.runner.config import path_field, to_dict
+from mmseq.runner.module import TaskModule
+from mmseq.runner.task import Task, register_task
+
+from .tokenizer import CTTokenizer, reconstruction_losses
+
+
+def ctrate_split(root: str, split: str, **kwargs):
+    """The CT-RATE items of one of our splits: train, or alternate valid volumes for val and test."""
+    from .ctrate import CTRate
+
+    index = CTRate(root, "train" if split == "train" else "valid", missing="skip", **kwargs)
+    if split == "train":
+        return index, list(range(len(index)))
+    return index, list(range(0 if split == "val" else 1, len(index), 2))
+
+
+# -- ct-tokenizer ---------------------------------------------------------------------------------------------
+@dataclass
+class CTVolumeDataConfig:
+    """Volumes from a CT-RATE-layout folder, resampled, windowed and cropped or padded to one grid."""
+
+    root: str = path_field("data/ct_phantoms", must_exist=False)
+    spacing: list[float] = field(default_factory=lambda: [1.5, 0.75, 0.75])  # (D, H, W) mm; BTB3D's default
+    hu_min: float = -1000.0
+    hu_max: float = 1000.0
+    size: list[int] = field(default_factory=lambda: [33, 64, 64])  # (D, H, W) after crop/pad with air
+    crop_depth: int | None = None  # training crop along depth (BTB3D stage 1: 9 slices); None = whole grid
+    batch_size: int = 2
+    eval_batch_size: int = 2
+
+
+@dataclass
+class CTTokenizerModelConfig:
+    """CTTokenizer arguments (``preprocess`` comes from the data section), plus where training starts."""
+
+    filters: int = 32
+    channel_multipliers: list[int] = field(default_factory=lambda: [1, 2])
+    temporal_downsample: list[bool] = field(default_factory=lambda: [True])
+    num_res_blocks: int = 1
+    token_bits: int = 10
+    norm_groups: int = 8
+    commitment_weight: float = 0.25
+    entropy_weight: float = 0.1
+    diversity_gamma: float = 1.0
+    inv_temperature: float = 100.0
+    entropy_group_bits: int = 12
+    init_from: str | None = path_field(None)  # a run or model folder whose weights start this run (curriculum)
+    trainable: list[str] = field(default_factory=lambda: ["encoder", "quantizer", "decoder"])
+    l1_weight: float = 5.0
+    ssim_weight: float = 1.0
+    entropy_start: float = 0.3  # the entropy weight anneals linearly from this to entropy_weight ...
+    entropy_anneal_steps: int = 2000  # ... over these steps (BTB3D: 0.3 -> 0.1 over 2,000 steps)
+
+
+_TOKENIZER_EXTRA = ("init_from", "trainable", "l1_weight", "ssim_weight", "entropy_start", "entropy_anneal_steps")
+PARTS = ("encoder", "quantizer", "decoder")
+
+
+class CTVolumeDataModule(SplitDataModule):
+    """Preprocessed volumes [N, D, H, W] in [-1, 1], held in memory (a small set; the grid is fixed)."""
+
+    def __init__(self, cfg, seed: int, num_workers: int = 0) -> None:
+        super().__init__(cfg.batch_size, seed, eval_batch_size=cfg.eval_batch_size, num_workers=num_workers)
+        self.cfg = cfg
+
+    def load_split(self, split: str) -> Dataset:
+        from tqdm.auto import tqdm
+
+        from .io import CTPreprocess, load_ct, preprocess
+
+        c = self.cfg
+        index, rows = ctrate_split(c.root, split, labels=False)
+        if not rows:
+            raise ConfigError(f"config key 'data.root': {c.root} has no volumes for the {split} split")
+        prep = CTPreprocess(spacing=tuple(c.spacing), hu_min=c.hu_min, hu_max=c.hu_max, size=tuple(c.size))
+        volumes = []
+        for i in tqdm(rows, desc=f"loading {split} volumes", leave=False, disable=len(rows) < 20):
+            item = index[i]
+            volume = load_ct(item["path"], slope=item["slope"], intercept=item["intercept"],
+                             already_hu=True if item["in_hu"] else None)
+            volumes.append(preprocess(volume, prep)[0])
+        return TensorDataset(torch.stack(volumes))
+
+
+def entropy_weight_at(step: int, start: float, end: float, steps: int) -> float:
+    """Linear anneal from ``start`` to ``end`` over ``steps`` steps, then ``end``."""
+    if steps <= 0 or step >= steps:
+        return end
+    return start + (end - start) * step / steps
+
+
+class CTTokenizerModule(TaskModule):
+    """L1 (+ SSIM) reconstruction + LFQ commitment and entropy terms; PSNR, SSIM, L1 and code usage."""
+
+    def __init__(self, model: CTTokenizer, optim, max_steps: int, *, seed: int, crop_depth: int | None,
+                 l1_weight: float, ssim_weight: float, entropy_start: float, entropy_end: float,
+                 entropy_anneal_steps: int) -> None:
+        metrics = {"psnr": lambda: PeakSignalNoiseRatio(data_range=2.0), "l1": MeanMetric, "ssim": MeanMetric,
+                   "code_usage": MeanMetric}
+        super().__init__(model, optim, max_steps, metrics=metrics, prog_bar=("psnr",))
+        self.seed, self.crop_depth = seed, crop_depth
+        self.l1_weight, self.ssim_weight = l1_weight, ssim_weight
+        self.entropy = (entropy_start, entropy_end, entropy_anneal_steps)
+
+    def forward_batch(self, batch, stage: str):
+        x = batch[0][:, None]  # [B, 1, D, H, W]
+        if stage == "train" and self.crop_depth and self.crop_depth < x.shape[2]:
+            # Seeded by the step, so a resumed run draws the crops it would have drawn.
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step)
+            start = int(torch.randint(0, x.shape[2] - self.crop_depth + 1, (1,), generator=gen))
+            x = x[:, :, start:start + self.crop_depth]
+        x = self.model.pad_volume(x)
+        weight = entropy_weight_at(self.global_step, *self.entropy)
+        x_hat, aux = self.model(x, entropy_weight=weight if stage == "train" else None)
+        return x, x_hat, aux
+
+    def loss(self, outputs, batch) -> torch.Tensor:
+        x, x_hat, aux = outputs
+        rec = reconstruction_losses(x, x_hat, l1_weight=self.l1_weight, ssim_weight=self.ssim_weight)
+        if self.training:
+            self.log("train/l1", rec["l1"], batch_size=x.shape[0])
+        aux_loss = aux["loss"] if any(p.requires_grad for p in self.model.quantizer.parameters()) or \
+            any(p.requires_grad for p in self.model.encoder.parameters()) else x.new_zeros(())
+        return rec["loss"] + aux_loss
+
+    def update_metrics(self, metrics, outputs, batch) -> None:
+        x, x_hat, aux = outputs
+        x_hat = x_hat.clamp(-1, 1)
+        metrics["psnr"].update(x_hat, x)
+        metrics["l1"].update((x - x_hat).abs().mean())
+        metrics["ssim"].update(1 - reconstruction_losses(x, x_hat, l1_weight=0.0)["ssim"])
+        ids = aux["ids"]
+        metrics["code_usage"].update(torch.tensor(float(ids.unique().numel()) / ids.numel()))
+
+
+@register_task("ct-tokenizer")
+class CTTokenizerTask(Task):
+    """Train the causal 3D CT tokenizer on CT-RATE-layout volumes (one curriculum stage per config)."""
+
+    data_config = CTVolumeDataConfig
+    model_config = CTTokenizerModelConfig
+    monitor = "val/psnr"
+    monitor_mode = "max"
+
+    def check(self) -> None:
+        d, m = self.cfg.data, self.cfg.model
+        if len(d.spacing) != 3 or min(d.spacing) <= 0:
+            raise ConfigError(f"config key 'data.spacing': three positive mm values (D, H, W), got {list(d.spacing)}")
+        if len(d.size) != 3 or min(d.size) < 1:
+            raise ConfigError(f"config key 'data.size': three positive sizes (D, H, W), got {list(d.size)}")
+        bad = [p for p in m.trainable if p not in PARTS]
+        if bad or not m.trainable:
+            raise ConfigError(f"config key 'model.trainable': parts among {', '.join(PARTS)}, got {list(m.trainable)}")
+        try:
+            model = self._build()
+            t = model.depth_factor
+            if d.crop_depth is not None and (d.crop_depth < 1 or (d.crop_depth - 1) % t):
+                raise ConfigError(f"config key 'data.crop_depth': must be 1 + k*{t} for this tokenizer "
+                                  f"(e.g. {1 + t}), got {d.crop_depth}")
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config section 'model': {e}") from None
+
+    def _build(self) -> CTTokenizer:
+        d = self.cfg.data
+        args = {k: v for k, v in to_dict(self.cfg.model).items() if k not in _TOKENIZER_EXTRA}
+        preprocess = {"spacing": list(d.spacing), "hu_min": d.hu_min, "hu_max": d.hu_max}
+        return CTTokenizer(**args, preprocess=preprocess)
+
+    def build_model(self) -> CTTokenizer:
+        from mmseq.runner.pretrained import from_pretrained
+
+        model = self._build()
+        m = self.cfg.model
+        if m.init_from:
+            start = from_pretrained(m.init_from)
+            if not isinstance(start, CTTokenizer) or start.init_args.get("token_bits") != model.token_bits:
+                raise ConfigError(f"config key 'model.init_from': {m.init_from} holds no CT tokenizer of this shape")
+            missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+            if missing or unexpected:
+                raise ConfigError(f"config key 'model.init_from': {m.init_from} does not fit this tokenizer "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        for part in PARTS:
+            getattr(model, part).requires_grad_(part in m.trainable)
+        return model
+
+    def build_datamodule(self) -> CTVolumeDataModule:
+        return CTVolumeDataModule(self.cfg.data, self.cfg.seed, self.cfg.trainer.num_workers)
+
+    def build_module(self, model: CTTokenizer) -> CTTokenizerModule:
+        m = self.cfg.model
+        return CTTokenizerModule(model, self.cfg.optim, self.cfg.trainer.max_steps, seed=self.cfg.seed,
+                                 crop_depth=self.cfg.data.crop_depth, l1_weight=m.l1_weight,
+                                 ssim_weight=m.ssim_weight, entropy_start=m.entropy_start,
+                                 entropy_end=m.entropy_weight, entropy_anneal_steps=m.entropy_anneal_steps)
+
+
+# -- ct-report ------------------------------------------------------------------------------------------------
+@dataclass
+class CTReportDataConfig:
+    """Token files (``mmseq tokenize-ct DATA_ROOT/... -o TOKENS``) paired with the reports of a CT-RATE folder."""
+
+    root: str = path_field("data/ct_phantoms", must_exist=False)  # CT-RATE layout: reports and labels CSVs
+    tokens: str = path_field("data/ct_phantom_tokens", must_exist=False)  # one <volume>.safetensors per volume
+    max_report_tokens: int = 192
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    num_generate: int = 64  # val/test volumes whose reports are generated for the clinical and NLG metrics
+    bpe_vocab_size: int = 1000
+
+
+@dataclass
+class CTReportModelConfig:
+    """ReportGenerator arguments (the BPE is trained on the training reports when the run starts)."""
+
+    d_model: int = 128
+    n_layers: int = 4
+    mixer: dict[str, Any] = field(default_factory=lambda: {"name": "attention", "n_heads": 4})
+    prefix_grid: list[int] = field(default_factory=lambda: [4, 4, 4])
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+    beam_size: int = 1  # decoding for the generated-report metrics
+    tokenizer_json: str | None = None  # filled from the training reports at the first build
+
+
+def report_pairs(root: str, tokens: str, split: str) -> tuple[list[Path], list[str], torch.Tensor]:
+    """(token files, reference reports, labels [N, 18]) of one split; missing token files are an error."""
+    from .ctrate import report_text
+    from .tokens import token_name
+
+    index, rows = ctrate_split(root, split)
+    files, texts, labels = [], [], []
+    for i in rows:
+        item = index[i]
+        f = Path(tokens) / token_name(item["path"])
+        if not f.is_file():
+            raise ConfigError(f"config key 'data.tokens': {f} is missing; tokenize the volumes with "
+                              f"`mmseq tokenize-ct {index.volume_dir} -o {tokens}`")
+        files.append(f)
+        texts.append(report_text(item["findings"], item["impressions"]))
+        labels.append(item["labels"])
+    return files, texts, torch.stack(labels) if labels else torch.zeros(0, 18, dtype=torch.bool)
+
+
+class _ReportSet(Dataset):
+    def __init__(self, codes: torch.Tensor, texts: torch.Tensor, labels: torch.Tensor) -> None:
+        self.codes, self.texts, self.labels = codes, texts, labels
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+    def __getitem__(self, i: int):
+        return self.codes[i], self.texts[i], self.labels[i], i
+
+
+class CTReportDataModule(SplitDataModule):
+    """Pooled token codes [N, bits, *prefix_grid], encoded reports [N, T] and labels [N, 18] per split."""
+
+    def __init__(self, cfg, seed: int, model, num_workers: int = 0) -> None:
+        super().__init__(cfg.batch_size, seed, eval_batch_size=cfg.eval_batch_size, num_workers=num_workers)
+        self.cfg, self.model = cfg, model
+        self.references: dict[str, list[str]] = {}
+
+    def load_split(self, split: str) -> Dataset:
+        from .report_model import pool_codes
+        from .tokens import CTTokens
+
+        files, texts, labels = report_pairs(self.cfg.root, self.cfg.tokens, split)
+        if not files:
+            raise ConfigError(f"config key 'data.root': {self.cfg.root} has no volumes for the {split} split")
+        grid = self.model.prefix_grid
+        codes = torch.cat([pool_codes(CTTokens.load(f).codes()[None], grid) for f in files])
+        self.references[split] = texts
+        ids = self.model.encode_text(texts, max_len=self.cfg.max_report_tokens)
+        return _ReportSet(codes, ids, labels)
+
+
+class CTReportModule(TaskModule):
+    """Next-token cross-entropy on the report; at the end of validation and test, reports are generated for up
+    to ``num_generate`` volumes and scored: clinical precision/recall/F1 over the 18 abnormalities (labeler on
+    generated vs reference text), CRG, BLEU-1..4 and ROUGE-L."""
+
+    def __init__(self, model, optim, max_steps: int, *, num_generate: int, beam_size: int) -> None:
+        super().__init__(model, optim, max_steps, metrics={}, prog_bar=())
+        self.num_generate, self.beam_size = num_generate, beam_size
+        self._generated: dict[str, list[tuple[int, str]]] = {"val": [], "test": []}
+
+    def forward_batch(self, batch, stage: str):
+        codes, text = batch[0], batch[1]
+        return self.model(codes, text[:, :-1])
+
+    def loss(self, logits, batch) -> torch.Tensor:
+        target = batch[1][:, 1:]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=0)
+
+    def update_metrics(self, metrics, logits, batch) -> None:
+        stage = "test" if self.trainer.testing else "val"
+        have = len(self._generated[stage])
+        if have >= self.num_generate or self.trainer.sanity_checking:
+            return
+        take = min(self.num_generate - have, batch[0].shape[0])
+        reports = self.model.generate(batch[0][:take], beam_size=self.beam_size)
+        self._generated[stage] += list(zip(batch[3][:take].tolist(), reports))
+
+    def _end_stage(self, stage: str) -> None:
+        super()._end_stage(stage)
+        generated, self._generated[stage] = self._generated[stage], []
+        if not generated:
+            return
+        from .report_metrics import clinical_scores, nlg_scores
+
+        split = "test" if stage == "test" else "val"
+        refs = self.trainer.datamodule.references[split]
+        hyps = [text for _, text in generated]
+        targets = [refs[i] for i, _ in generated]
+        scores = {**clinical_scores(hyps, targets), **nlg_scores(hyps, targets)}
+        for name, value in scores.items():
+            self.log(f"{stage}/{name}", float(value), prog_bar=stage == "val" and name == "f1")
+
+
+@register_task("ct-report")
+class CTReportTask(Task):
+    """Write radiology reports from CT token files with a causal mixer decoder."""
+
+    data_config = CTReportDataConfig
+    model_config = CTReportModelConfig
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def check(self) -> None:
+        from mmseq.mixers import validate_mixer_config
+
+        validate_mixer_config(to_dict(self.cfg.model.mixer), key="model.mixer")
+        if len(self.cfg.model.prefix_grid) != 3 or min(self.cfg.model.prefix_grid) < 1:
+            raise ConfigError(f"config key 'model.prefix_grid': three positive sizes, got "
+                              f"{list(self.cfg.model.prefix_grid)}")
+
+    def _token_bits(self) -> int:
+        from .tokens import CTTokens
+
+        files = sorted(Path(self.cfg.data.tokens).glob("*.safetensors"))
+        if not files:
+            raise ConfigError(f"config key 'data.tokens': no token files in {self.cfg.data.tokens}; make them with "
+                              f"`mmseq tokenize-ct <volumes> -o {self.cfg.data.tokens}`")
+        return CTTokens.load(files[0]).token_bits
+
+    def build_model(self):
+        from .report_model import ReportGenerator, train_bpe
+
+        m, d = self.cfg.model, self.cfg.data
+        tokenizer_json = m.tokenizer_json
+        if not tokenizer_json:
+            _, texts, _ = report_pairs(d.root, d.tokens, "train")
+            tokenizer_json = train_bpe(texts, vocab_size=d.bpe_vocab_size)
+        return ReportGenerator(tokenizer_json, token_bits=self._token_bits(), d_model=m.d_model,
+                               n_layers=m.n_layers, mixer=to_dict(m.mixer), prefix_grid=list(m.prefix_grid),
+                               mlp_ratio=m.mlp_ratio, dropout=m.dropout, max_report_tokens=d.max_report_tokens)
+
+    def build_datamodule(self) -> CTReportDataModule:
+        # The reports are encoded with the model's own BPE, so the runner builds the module (with the model)
+        # before the data module, in training and in evaluation alike.
+        model = getattr(self, "_model", None)
+        if model is None:
+            raise RuntimeError("ct-report: build_module(model) must come before build_datamodule()")
+        return CTReportDataModule(self.cfg.data, self.cfg.seed, model, self.cfg.trainer.num_workers)
+
+    def build_module(self, model) -> CTReportModule:
+        self._model = model
+        return CTReportModule(model, self.cfg.optim, self.cfg.trainer.max_steps,
+                              num_generate=self.cfg.data.num_generate, beam_size=self.cfg.model.beam_size)
