@@ -84,9 +84,42 @@ def _dataset_inputs(source: Path) -> list[Path] | None:
         base = source.parent.parent  # dataset/radiology_text_reports/<csv> -> dataset/
         return [base.joinpath(*volume_relpath(r["VolumeName"]).parts) for r in rows]
     if source.is_dir():
+        ctrate = _ctrate_sources(source)
+        if ctrate:
+            return ctrate
         found = sorted(p for p in source.rglob("*") if _is_volume_file(p))
         return found or None
     return None
+
+
+def _ctrate_sources(root: Path) -> list | None:
+    """Every volume of a CT-RATE folder with the rescale values of its metadata CSV; None if not one."""
+    from .ctrate import CTRate, CTRateError
+    from .tokens import VolumeSource
+
+    sources = []
+    for split in ("train", "valid"):
+        try:
+            index = CTRate(root, split, labels=False, missing="skip")
+        except CTRateError:
+            continue
+        for i in range(len(index)):
+            item = index[i]
+            sources.append(VolumeSource(item["path"], item["slope"], item["intercept"],
+                                        True if item["in_hu"] else None))
+    return sources or None
+
+
+def _single_source(path: Path, args: argparse.Namespace):
+    from .tokens import VolumeSource
+
+    return VolumeSource(path, args.slope, args.intercept)
+
+
+def _add_rescale_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--slope", type=float, help="HU = slope * raw + intercept, for files that store raw values "
+                                                    "(CT-RATE keeps them in its metadata CSV)")
+    parser.add_argument("--intercept", type=float, help="see --slope (CT-RATE: -1024, or -8192)")
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:
@@ -101,7 +134,8 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
 
     tokenizer = load_tokenizer(args.checkpoint)
     if inputs is None:
-        path = tokenize_file(tokenizer, source, out, window=args.window, progress=True, overwrite=args.overwrite)
+        path = tokenize_file(tokenizer, _single_source(source, args), out, window=args.window, progress=True,
+                             overwrite=args.overwrite)
         print(f"wrote {path}")
         return 0
     if out.exists() and not out.is_dir():
@@ -140,9 +174,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if source.suffix == ".safetensors":
             tokens = CTTokens.load(source)
         else:
-            from .io import load_ct
-
-            tokens = tokenize_volume(load_tokenizer(args.tokenizer), load_ct(source), source=source.name)
+            tokens = tokenize_volume(load_tokenizer(args.tokenizer), _single_source(source, args).load(),
+                                     source=source.name)
         report = reporter.generate(tokens.codes()[None], beam_size=args.beam)[0]
     findings = sorted(name for name, present in label_report(report).items() if present)
     if args.json:
@@ -165,6 +198,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--window", type=positive_int, default=32,
                    help="slices encoded at a time (memory; the tokens do not depend on it; default 32)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_rescale_options(t)
     t.set_defaults(func=_cmd_tokenize)
 
     d = subparsers.add_parser("detokenize-ct", help="token file -> CT volume (.nii.gz)",
@@ -185,4 +219,5 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--tokenizer", help="tokenizer run or model folder (default: the shipped one)")
     r.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
     r.add_argument("--json", action="store_true", help="print {input, report, findings} as JSON")
+    _add_rescale_options(r)
     r.set_defaults(func=_cmd_report)

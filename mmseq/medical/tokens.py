@@ -154,10 +154,27 @@ def detokenize(tokenizer, tokens: CTTokens, *, window: int = 8, progress: bool =
                     source_axcodes=tokens.source_axcodes)
 
 
-def tokenize_file(tokenizer, path: str | Path, out: str | Path, *, window: int = 32, progress: bool = False,
-                  overwrite: bool = False) -> Path:
-    """A NIfTI file or DICOM folder -> a token file at ``out``."""
-    volume = load_ct(path)
+@dataclass
+class VolumeSource:
+    """Where a volume is and how its raw values become HU (CT-RATE keeps slope/intercept in a CSV)."""
+
+    path: Path
+    slope: float | None = None
+    intercept: float | None = None
+    in_hu: bool | None = None
+
+    def load(self) -> CTVolume:
+        if self.slope is None and self.intercept is None:
+            return load_ct(self.path, already_hu=self.in_hu)
+        return load_ct(self.path, slope=self.slope, intercept=self.intercept, already_hu=self.in_hu)
+
+
+def tokenize_file(tokenizer, path: str | Path | VolumeSource, out: str | Path, *, window: int = 32,
+                  progress: bool = False, overwrite: bool = False) -> Path:
+    """A NIfTI file or DICOM folder (or a VolumeSource with CT-RATE's rescale values) -> a token file."""
+    source = path if isinstance(path, VolumeSource) else VolumeSource(Path(path))
+    path = source.path
+    volume = source.load()
     return tokenize_volume(tokenizer, volume, window=window, progress=progress, source=Path(path).name).save(
         out, overwrite=overwrite)
 
@@ -177,7 +194,7 @@ def token_name(volume_path: Path) -> str:
     return name + ".safetensors"
 
 
-def tokenize_many(tokenizer, inputs: list[Path], out_dir: str | Path, *, window: int = 32,
+def tokenize_many(tokenizer, inputs: list[Path | VolumeSource], out_dir: str | Path, *, window: int = 32,
                   progress: bool = True) -> dict:
     """Tokenize every input into ``out_dir`` (one token file each + ``index.csv``); resumable.
 
@@ -189,14 +206,16 @@ def tokenize_many(tokenizer, inputs: list[Path], out_dir: str | Path, *, window:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, done, failed = [], 0, 0
-    for path in tqdm(inputs, desc="tokenizing", disable=not progress, unit="volume"):
+    for source in tqdm(inputs, desc="tokenizing", disable=not progress, unit="volume"):
+        source = source if isinstance(source, VolumeSource) else VolumeSource(Path(source))
+        path = source.path
         target = out_dir / token_name(path)
         status = "ok"
         if target.is_file():
             done += 1
         else:
             try:
-                tokenize_file(tokenizer, path, target, window=window)
+                tokenize_file(tokenizer, source, target, window=window)
             except UserError as e:
                 status, failed = f"error: {e}", failed + 1
         rows.append({"source": str(path), "tokens": target.name if status == "ok" else "", "status": status})
