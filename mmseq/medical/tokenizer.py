@@ -369,9 +369,9 @@ class CTTokenizer(PretrainedMixin, nn.Module):
         """``encode`` of a volume too wide for memory: in-plane tiles of ``roi_hw`` pixels overlapping by
         ``overlap`` (as MONAI's sliding_window_inference), each encoded windowed along depth (``window`` slices;
         None = whole depth), their pre-quantization latents blended ("gaussian" or "constant" weights, as
-        MONAI's blend modes) and then quantized. Not exact: tokens near tile seams differ from ``encode``
-        because each tile sees zero padding at its border; interior tokens (farther than the receptive field
-        from a seam) match."""
+        MONAI's blend modes) and then quantized. Not exact, and not only at the seams: GroupNorm takes its
+        statistics over the plane it is given, so a tile normalises with its own statistics instead of the whole
+        slice's, and each tile sees zero padding at its borders. Depth windowing, by contrast, is exact."""
         self._check_volume(x)
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -385,14 +385,15 @@ class CTTokenizer(PretrainedMixin, nn.Module):
         d, h, w = self.latent_shape(depth, height, width)
         lh, lw = rh // s, rw // s  # tile size in tokens
         starts_h, starts_w = _tile_starts(h, lh, overlap), _tile_starts(w, lw, overlap)
-        weight = _blend_weights(lh, lw, mode, x.device)
-        z = torch.zeros(b, self.token_bits, d, h, w, device=x.device)
-        norm = torch.zeros(h, w, device=x.device)
+        dtype = next(self.parameters()).dtype
+        weight = _blend_weights(lh, lw, mode, x.device).to(dtype)
+        z = torch.zeros(b, self.token_bits, d, h, w, dtype=dtype, device=x.device)
+        norm = torch.zeros(h, w, dtype=dtype, device=x.device)
         tiles = [(i, j) for i in starts_h for j in starts_w]
         for i, j in _progress(tiles, progress, "tiles"):
             tile = x[..., i * s:(i + lh) * s, j * s:(j + lw) * s]
             zt = self.encode_latent_windowed(tile, window or depth)
-            z[..., i:i + lh, j:j + lw] += zt.to(z.dtype) * weight
+            z[..., i:i + lh, j:j + lw] += zt * weight
             norm[i:i + lh, j:j + lw] += weight
         quantized, ids, _ = self.quantizer(z / norm, compute_loss=False)
         return ids, quantized

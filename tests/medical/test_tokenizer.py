@@ -161,6 +161,20 @@ def test_windowed_decoding_equals_one_piece(name, d):
     assert_close(model.decode_windowed(codes, 2), y, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("name", list(TINY))
+def test_windowed_equals_one_piece_in_float32(name):
+    # float32 on the CPU runs oneDNN convolutions (CausalConv3d._conv), whatever the chunk size
+    model = tiny(name).float()
+    t = model.depth_factor
+    x = volume(1 + 5 * t).float()
+    z = latent(model, x)
+    for window in (1, t + 1, 3 * t):
+        assert_close(model.encode_latent_windowed(x, window), z, atol=1e-5, rtol=1e-5)
+    ids = model.encode(x)[0]
+    for window in (1, 2):
+        assert_close(model.decode_windowed(ids, window), model.decode(ids), atol=1e-5, rtol=1e-5)
+
+
 def test_windowed_converts_dtype_and_shows_progress(capsys):
     model = tiny()
     x = volume(9).float()  # a float32 volume through a float64 model, chunk by chunk
