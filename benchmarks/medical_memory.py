@@ -20,13 +20,14 @@ randomly initialised tokenizer (``--preset``, float32, no gradient):
   grid of a different depth: its tokens are not comparable with the others (the note says so).
 
 Every (method, depth) cell runs in a fresh Python process, so one cell's allocator state cannot hide
-another's peak: it warms up on a short volume, resets the process's peak RSS (/proc/self/clear_refs),
-encodes once timed (``ms``) and reports ``RSS MB`` = peak RSS minus RSS before the encode (what the OS saw,
-allocator caching included). It then encodes again under a TorchDispatchMode that sees every tensor
-allocated and records the largest total of tensor bytes alive at once (``tensor MB``: the model and the
-input volume, allocated before, are not counted; the returned tokens are). It misses scratch buffers that
-kernels allocate internally (e.g. the CPU conv3d's column buffer), which RSS sees. Times are one run each, on
-a possibly shared machine.
+another's peak. A cell warms up on a short volume, builds the input, hands freed heap memory back to the OS
+(glibc malloc_trim), resets the process's peak RSS (/proc/self/clear_refs), encodes once, timed (``ms``),
+and reports ``RSS MB``: peak RSS minus RSS before the encode, which is what the OS saw, allocator caching and
+kernel scratch buffers included. It then encodes again under a TorchDispatchMode that sees every tensor an op
+returns and records the largest total of tensor bytes alive at once (``tensor MB``). The model and the input
+volume, allocated before, are not counted. The returned tokens are, and ``tokens MB`` gives their size (int64
+ids plus float32 codes). Scratch memory that kernels allocate internally is invisible to it. Times are one run
+each, on a possibly shared machine.
 
 Nothing is written unless ``--markdown FILE`` is given; the table is then appended to FILE under a line with
 the date, the device, the torch version and the command.
@@ -35,6 +36,7 @@ the date, the device, the torch version and the command.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import subprocess
 import sys
@@ -68,6 +70,13 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _encoder(model, method: str, args: argparse.Namespace):
     """The encode call of ``method``: volume -> token ids."""
     from mmseq.medical.haar import haar_dwt3d
@@ -97,6 +106,7 @@ def run_cell(method: str, depth: int, args: argparse.Namespace) -> dict:
     with torch.no_grad():
         encode(phantom(1 + 2 * model.depth_factor, args.size))  # warm-up: kernels, thread pool
         x = phantom(depth, args.size)
+        _malloc_trim()  # hand freed heap memory (the phantom's temporaries) back, so the encode cannot reuse it
         try:
             Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
             rss_ok = True
@@ -114,7 +124,8 @@ def run_cell(method: str, depth: int, args: argparse.Namespace) -> dict:
             storage = x.untyped_storage()
             mode.live[storage.data_ptr()] = (StorageWeakRef(storage), 0)
             ids = encode(x)
-        out = {"ms": ms, "rss_mb": rss_mb, "tensor_mb": mode.peak / 2**20, "latent": list(ids.shape[1:])}
+        out = {"ms": ms, "rss_mb": rss_mb, "tensor_mb": mode.peak / 2**20, "latent": list(ids.shape[1:]),
+               "tokens_mb": ids.numel() * (8 + 4 * model.token_bits) / 2**20}
         if method != "one piece":  # compare with the one-piece latent (not measured)
             z_ref = model.encoder(haar_dwt3d(x))
             z = model.encode_latent_windowed(x, args.window) if method == "windowed" else model.monai_latent(x)
@@ -143,16 +154,17 @@ def _f(value, fmt: str) -> str:
 
 
 def table(rows: list[tuple[str, int, dict]], args: argparse.Namespace) -> str:
-    header = ["method", "D", "latent d", "ms", "tensor MB", "RSS MB", "max |dz|", "ids !=", "note"]
+    header = ["method", "D", "latent d", "ms", "tensor MB", "RSS MB", "tokens MB", "max |dz|", "ids !=", "note"]
     body = []
     for method, depth, r in rows:
         label = {"windowed": f"windowed ({args.window} slices)",
                  "monai": f"monai swi (roi {args.monai_roi}, overlap {args.overlap})"}.get(method, method)
         latent = r.get("latent")
         body.append([label, str(depth), str(latent[0]) if latent else "-", _f(r.get("ms"), ".0f"),
-                     _f(r.get("tensor_mb"), ".1f"), _f(r.get("rss_mb"), ".1f"), _f(r.get("max_dz"), ".1e"),
+                     _f(r.get("tensor_mb"), ".1f"), _f(r.get("rss_mb"), ".1f"), _f(r.get("tokens_mb"), ".2f"),
+                     _f(r.get("max_dz"), ".1e"),
                      _f(r.get("ids_diff"), "d"), r.get("note", "")])
-    return render(header, body, {"D", "latent d", "ms", "tensor MB", "RSS MB", "max |dz|", "ids !="})
+    return render(header, body, {"D", "latent d", "ms", "tensor MB", "RSS MB", "tokens MB", "max |dz|", "ids !="})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -70,7 +70,8 @@ class CausalConv3d(nn.Module):
         return x.new_zeros(x.shape[0], self.conv.out_channels, 0, h, w)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_enabled():
+        if x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_enabled() \
+                and not torch.is_autocast_enabled("cpu"):
             # PyTorch sends a batch-1 CPU input with N*C*D*H <= 20480 to its native conv3d (im2col), which is
             # several times slower than oneDNN and allocates a column buffer; depth chunks are often that small,
             # so call oneDNN (what PyTorch picks for larger inputs) directly. Differentiable.
