@@ -107,6 +107,11 @@ class CTDecoder(nn.Module):
     conv_in 3^3 to the top width and ``num_res_blocks`` ResBlocks; then per level from the top: adaptive
     GroupNorm conditioned on the codes, ``num_res_blocks`` ResBlocks, and (except at the bottom level)
     depth-to-space upsampling; then GN, SiLU and a causal 3^3 conv to the 8 bands.
+
+    The condition reaches each level's grid the way depth-to-space moves the features: each latent frame
+    repeated t_s times in depth, the volume's first t_s - 1 frames dropped, x2 nearest in H and W (so output
+    frame u reads latent frame ceil(u / t)). A plain ``F.interpolate`` to the new depth would not line up
+    with the features and could hand a frame a later latent, breaking causality.
     """
 
     def __init__(self, filters: int, channel_multipliers: list[int], temporal_downsample: list[bool],
