@@ -164,6 +164,8 @@ class CTTokenizer(PretrainedMixin, nn.Module):
         norm_groups: GroupNorm groups (32 in BTB3D); must divide every width.
         commitment_weight, entropy_weight, diversity_gamma, inv_temperature, entropy_group_bits: LFQ loss
             settings (see ``mmseq.medical.lfq``); ``entropy_weight`` is the default when ``forward`` gets none.
+        preprocess: the preprocessing the model was trained with (plain values: spacing, HU window, ...);
+            unused by the model, exported with it for inference.
 
     Presets: ``CTTokenizer.from_preset("btb3d_8x8x8")`` and the names in ``PRESETS``.
     """
@@ -172,8 +174,13 @@ class CTTokenizer(PretrainedMixin, nn.Module):
                  temporal_downsample: list[bool] | tuple[bool, ...] = (True, True), num_res_blocks: int = 4,
                  token_bits: int = 18, norm_groups: int = 32, *, commitment_weight: float = 0.25,
                  entropy_weight: float = 0.1, diversity_gamma: float = 1.0, inv_temperature: float = 100.0,
-                 entropy_group_bits: int = 12) -> None:
+                 entropy_group_bits: int = 12, preprocess: dict[str, Any] | None = None) -> None:
         super().__init__()
+        if preprocess is not None and not hasattr(preprocess, "items"):
+            raise TypeError(f"preprocess must be a mapping (spacing, HU window, ...), got {type(preprocess).__name__}")
+        # How volumes were prepared for this model (spacing, HU window, ...): not used here, carried in the
+        # exported config.yaml so that inference prepares volumes the same way (mmseq.medical.tokens).
+        self.preprocess = dict(preprocess) if preprocess is not None else None
         mults, tds = list(channel_multipliers), [bool(t) for t in temporal_downsample]
         if not mults or any(not isinstance(m, int) or m < 1 for m in mults):
             raise ValueError(f"channel_multipliers must be a non-empty list of positive ints, got {mults}")

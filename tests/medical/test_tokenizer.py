@@ -246,13 +246,16 @@ def test_unknown_preset_suggests_a_name():
 
 
 def test_export_round_trip(tmp_path):
-    model = CTTokenizer.from_preset("ct_small_4x4x4", filters=8, norm_groups=4, token_bits=8)
+    preprocess = {"spacing": [1.5, 0.75, 0.75], "hu_min": -1000.0, "hu_max": 1000.0}
+    model = CTTokenizer.from_preset("ct_small_4x4x4", filters=8, norm_groups=4, token_bits=8, preprocess=preprocess)
     model.save_pretrained(tmp_path)
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["args"]["preprocess"] == preprocess
     assert config["class"] == "mmseq.medical.tokenizer.CTTokenizer"
     assert config["args"]["channel_multipliers"] == PRESETS["ct_small_4x4x4"]["channel_multipliers"]
     assert config["args"]["filters"] == 8 and config["args"]["token_bits"] == 8
     loaded = CTTokenizer.from_pretrained(tmp_path)
+    assert loaded.preprocess == preprocess and loaded.init_args["preprocess"] == preprocess
     x = volume(5).float()
     ids, _ = model.encode(x)
     assert torch.equal(loaded.encode(x)[0], ids)
