@@ -65,7 +65,7 @@ the cache, reproducing the causal (or causal sliding-window) forward token by to
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import check_float, check_tensor, kernel_runnable, load_triton, pick_impl, shape_str, triton_importable
+from ._dispatch import check_float, check_tensor, kernel_runnable, load_triton, pick_impl, run_triton, shape_str
 
 triton, tl = load_triton()  # stand-ins without Triton: the module imports, impl="triton" is refused
 
@@ -701,21 +701,22 @@ def attention(
         chunk: block-local C >= 1 (self, Lq == Lk): keys with j // C == i // C, and j <= i if causal.
         key_padding_mask: [B, Lk] bool, True = keep the key, False = padding. Rows left with no key give 0.
         scale: score scale, default 1 / sqrt(P).
-        impl: "ref" | "torch" | "triton" | None (None: see the module docstring).
+        impl: "ref" | "torch" | "triton" | None (None: see the module docstring; a Triton kernel that fails to
+            compile or launch gives one warning and the torch path from then on).
 
     Raises ValueError naming the argument and the expected shape for bad shapes, dtypes or patterns.
     """
     _check_inputs(q, k, v, causal, cross, window, chunk, key_padding_mask, scale)
-    if impl is None:
+    requested, impl = impl, pick_impl("attention", impl, q.device)
+    if requested is None and impl == "triton":
+        # by default Triton only for sliding-window / chunked patterns, which SDPA cannot skip blocks of
         local = window is not None or chunk is not None
-        use_triton = q.device.type == "cuda" and local and q.dtype != torch.float64 and triton_importable()
-        impl = "triton" if use_triton else "torch"
-    else:
-        impl = pick_impl("attention", impl, q.device)
-    return _PATHS[impl](
-        q, k, v, causal=causal, cross=cross, window=window, chunk=chunk,
-        key_padding_mask=key_padding_mask, scale=scale,
-    )
+        impl = "triton" if local and q.dtype != torch.float64 else "torch"
+    kwargs = dict(causal=causal, cross=cross, window=window, chunk=chunk, key_padding_mask=key_padding_mask,
+                  scale=scale)
+    if impl == "triton":
+        return run_triton("attention", requested, attention_triton, attention_torch, q, k, v, **kwargs)
+    return _PATHS[impl](q, k, v, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------

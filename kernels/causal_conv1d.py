@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import check_float, check_tensor, load_triton, pick_impl, shape_str
+from ._dispatch import check_float, check_tensor, load_triton, pick_impl, run_triton, shape_str
 
 triton, tl = load_triton()  # stand-ins without Triton: the module imports, impl="triton" is refused
 
@@ -423,14 +423,20 @@ def causal_conv1d(
     ``y[b, d, t] = act(bias[d] + sum_k weight[d, k] * xp[b, d, t + k])`` with xp = cat(initial_state, x);
     ``activation`` is None or "silu". With ``return_final_state`` returns ``(y, final_state)``, where
     final_state holds the last K-1 inputs and can seed the next chunk or ``causal_conv1d_update``.
-    ``impl``: "ref", "torch", "triton" or None (Triton on CUDA, torch elsewhere).
+    ``impl``: "ref", "torch", "triton" or None (Triton on CUDA, torch elsewhere; if the Triton kernel fails to
+    compile or launch, one warning and the torch path from then on).
     """
     _check_causal_conv1d(x, weight, bias, activation, initial_state)
-    impl = pick_impl("causal_conv1d", impl, x.device)
+    requested, impl = impl, pick_impl("causal_conv1d", impl, x.device)
+    args = (x, weight, bias, activation, initial_state, return_final_state)
     if impl == "ref":
-        return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state)
+        return causal_conv1d_ref(*args)
     if impl == "torch":
-        return causal_conv1d_torch(x, weight, bias, activation, initial_state, return_final_state)
+        return causal_conv1d_torch(*args)
+    return run_triton("causal_conv1d", requested, _causal_conv1d_triton, causal_conv1d_torch, *args)
+
+
+def _causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
     y, final = _CausalConv1dTriton.apply(x, weight, bias, initial_state, activation is not None)
     return (y, final) if return_final_state else y
 
@@ -463,9 +469,12 @@ def causal_conv1d_update(
             check_float(name, t)
     _check_same_device("x_t", x_t, conv_state=conv_state, weight=weight, bias=bias)
     _check_activation(activation)
-    impl = pick_impl("causal_conv1d_update", impl, x_t.device)
+    requested, impl = impl, pick_impl("causal_conv1d_update", impl, x_t.device)
+    args = (x_t, conv_state, weight, bias, activation)
     if impl == "ref":
-        return causal_conv1d_update_ref(x_t, conv_state, weight, bias, activation)
+        return causal_conv1d_update_ref(*args)
     if impl == "torch":
-        return _causal_conv1d_update_torch(x_t, conv_state, weight, bias, activation)
-    return _causal_conv1d_update_triton(x_t, conv_state, weight, bias, activation)
+        return _causal_conv1d_update_torch(*args)
+    # a kernel that fails to compile or launch has not written conv_state yet, so the torch path can take over
+    return run_triton("causal_conv1d_update", requested, _causal_conv1d_update_triton, _causal_conv1d_update_torch,
+                      *args)

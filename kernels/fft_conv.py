@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import check_float, check_tensor, load_triton, pick_impl, shape_str
+from ._dispatch import check_float, check_tensor, load_triton, pick_impl, run_triton, shape_str
 
 triton, tl = load_triton()  # stand-ins without Triton: the module imports, impl="triton" is refused
 
@@ -250,14 +250,19 @@ def fft_conv(
 
     ``y[t] = sum_s k[s] u[t - s + c] + D u[t]`` with c = 0 (causal) or (Lk-1)//2 (bidirectional, centred
     kernel); see the module docstring. ``impl``: "ref", "torch", "triton" or None (torch off CUDA; on
-    CUDA Triton for Lk <= 128, else the cuFFT torch path).
+    CUDA Triton for Lk <= 128, else the cuFFT torch path; if the Triton kernel fails to compile or launch,
+    one warning and the torch path from then on).
     """
     _check_fft_conv(u, k, D)
     if impl is None and k.shape[-1] > _TRITON_DEFAULT_MAX_LK:
         impl = "torch"
-    impl = pick_impl("fft_conv", impl, u.device)
+    requested, impl = impl, pick_impl("fft_conv", impl, u.device)
     if impl == "ref":
         return fft_conv_ref(u, k, D, causal)
     if impl == "torch":
         return fft_conv_torch(u, k, D, causal)
+    return run_triton("fft_conv", requested, _fft_conv_triton, fft_conv_torch, u, k, D, causal)
+
+
+def _fft_conv_triton(u, k, D=None, causal=True):
     return _FFTConvTriton.apply(u, k, D, bool(causal))

@@ -38,7 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import check_float, check_tensor, load_triton, pick_impl, shape_str
+from ._dispatch import check_float, check_tensor, load_triton, pick_impl, run_triton, shape_str
 
 triton, tl = load_triton()  # stand-ins without Triton: the module imports, impl="triton" is refused
 
@@ -679,7 +679,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         D: optional [D] skip weight. z: optional [B, D, L] gate (out * silu(z)).
         delta_bias: optional [D], added to delta. delta_softplus: apply softplus to the step size.
         return_last_state: also return the state after position L-1.
-        impl: "ref", "torch", "triton" or None (Triton on CUDA, torch elsewhere).
+        impl: "ref", "torch", "triton" or None (Triton on CUDA, torch elsewhere; if the Triton kernel fails
+            to compile or launch, one warning and the torch path from then on).
 
     Returns:
         out [B, D, L] in u's dtype; with ``return_last_state`` the pair (out, last_state), last_state
@@ -693,9 +694,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         (torch.Size([2, 64, 100]), torch.Size([2, 64, 16]))
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    impl = pick_impl("selective_scan", impl, u.device)
-    fn = {"ref": selective_scan_ref, "torch": selective_scan_torch, "triton": _selective_scan_triton}[impl]
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    requested, impl = impl, pick_impl("selective_scan", impl, u.device)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if impl == "triton":
+        return run_triton("selective_scan", requested, _selective_scan_triton, selective_scan_torch, *args)
+    return {"ref": selective_scan_ref, "torch": selective_scan_torch}[impl](*args)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *,
