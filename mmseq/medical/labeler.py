@@ -253,5 +253,5 @@ def label_reports(texts: Sequence[str]) -> torch.Tensor:
     """Labels of many reports as a bool tensor [N, 18] in ABNORMALITIES order."""
     if isinstance(texts, str):
         raise TypeError("label_reports takes a sequence of reports; use label_report for one text")
-    rows = [[label_report(t)[name] for name in ABNORMALITIES] for t in texts]
+    rows = [list(label_report(t).values()) for t in texts]  # label_report keeps ABNORMALITIES order
     return torch.tensor(rows, dtype=torch.bool).reshape(len(rows), len(ABNORMALITIES))
