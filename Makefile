@@ -9,7 +9,7 @@ STAMP := $(VENV)/.mmseq-installed
 # Speech synthesizers for `mmseq data make keywords` (espeak-ng, flite, festival and three festival voices).
 DEBIAN_PACKAGES ?= espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 
-.PHONY: setup system-deps quickstart quickstart-mqar test test-all lint clean-venv
+.PHONY: setup system-deps quickstart quickstart-mqar test test-all lint gpu-check clean-venv
 
 setup: $(STAMP) system-deps
 
@@ -56,6 +56,13 @@ test: lint
 
 test-all: lint
 	$(PY) -m pytest -q -m ""
+
+# On one CUDA GPU, in under 8 minutes: the Triton/GPU tests compiled, every kernel against the torch path and its
+# peers, one short training run per task, mixer time and memory vs L. Writes gpu_check.md and gpu_check.json
+# into benchmarks/gpu_check_out/. Flags go through ARGS: make gpu-check ARGS="--dry-run --out DIR" rehearses it
+# on the CPU. Needs only the venv (no system packages).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
