@@ -23,11 +23,14 @@ BUILTIN_TASKS = {
     "mqar": "mmseq.synthetic.tasks",
     "passkey": "mmseq.synthetic.tasks",
     "keywords": "mmseq.audio.tasks",
+    "ct-tokenizer": "mmseq.medical.tasks",
+    "ct-report": "mmseq.medical.tasks",
 }
 
 BUILTIN_COMMANDS = {
     "synthetic": "mmseq.synthetic.cli",
     "audio": "mmseq.audio.cli",
+    "medical": "mmseq.medical.cli",
 }
 
 
