@@ -92,14 +92,14 @@ def test_help_lists_every_verb_without_importing_torch(tmp_path):
     assert r.returncode == 0, r.stderr
     first, help_text = r.stdout.split("\n", 1)
     assert first.split() == ["0", "False", "False"]
-    for verb in ("train", "eval", "info", "data", "classify-audio"):
+    for verb in ("train", "eval", "info", "data", "classify-audio", "tokenize-ct", "detokenize-ct", "report-ct"):
         assert verb in help_text
 
 
 def test_data_make_lists_every_registered_data_set(run_cli, tmp_path):
     r = run_cli("data", "make", "--help", cwd=tmp_path)
     assert r.returncode == 0
-    for name in ("mqar", "passkey", "keywords"):
+    for name in ("mqar", "passkey", "keywords", "ct-phantoms"):
         assert name in r.stdout
     r = run_cli("data", "make", "keywords", "--help", cwd=tmp_path)
     assert "--per-word" in r.stdout and "--engines" in r.stdout
