@@ -945,6 +945,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         device = torch.device("cpu")
+        torch.set_num_threads(1)  # tiny shapes: threads only add stalls when other work shares the cores
     elif not torch.cuda.is_available():
         _log("error: torch sees no CUDA device; run `make gpu-check` on a machine with one, or rehearse it on the "
              "CPU with --dry-run")
