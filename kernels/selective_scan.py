@@ -3,22 +3,31 @@
 Shapes in letters: B batch, D channels, L sequence length, N state size, G groups of B/C (G divides D).
 
     u, delta, z    [B, D, L]                  input, step size (before bias/softplus), gate
-    A              [D, N]                     real decay rates (negative for a stable scan)
-    B, C           [B, N, L] or [B, G, N, L]  input/output projections; channel d uses group d // (D // G)
+    A              [D, N]                     decay rates (negative real part for a stable scan); real, or
+                                              complex64/complex128
+    B, C           [D, N]                     constant (time-invariant, S4): channel d uses row d
+                   [B, N, L] or [B, G, N, L]  variable; channel d uses group d // (D // G)
     D, delta_bias  [D]                        skip weight, step-size bias
     out            [B, D, L]                  in u's dtype
-    last_state     [B, D, N]                  float32 (float64 when any input is float64)
+    last_state     [B, D, N]                  float32 (float64 when any input is float64); complex for complex A
 
 With dt = softplus(delta + delta_bias) (bias and softplus optional), per channel d and state n:
 
     h[t] = exp(dt[t] * A[d, n]) * h[t-1] + dt[t] * B[t, n] * u[t],   h[-1] = 0
-    y[t] = sum_n C[t, n] * h[t, n] + D[d] * u[t]
+    y[t] = sum_n C[t, n] * h[t, n] + D[d] * u[t]        (sum_n ... is 2 * Re(sum_n ...) for complex A)
     out[t] = y[t] * silu(z[t])
 
-The argument order and meaning follow ``selective_scan_fn`` of state-spaces/mamba, so either can be used.
+With complex A (a conjugate-pair half of a real SSM), a variable B or C is either complex [.., N, L] or real with
+(re, im) pairs interleaved along its last axis, [B, N, 2L] or [B, G, N, 2L]; a constant one is complex [D, N]
+(a real one is cast). The output counts each state with its conjugate: 2 * Re(y), as mamba_ssm does.
+
+The argument order, forms and meaning follow ``selective_scan_fn`` of state-spaces/mamba, so either can be used.
 Unlike it, ``last_state`` here is differentiable: a cotangent on it flows back to every input.
 Everything is accumulated in float32 (float64 when any input is float64); gradients come back in the
-dtype of their input.
+dtype of their input (a constant B/C's gradient is summed over batch and positions to [D, N]).
+
+Every form is brought to the grouped one before the paths run: a constant [D, N] becomes a broadcast view
+[B, D, N, L] (G = D, one group per channel; no copy until a path lays it out), [B, N, L] becomes [B, 1, N, L].
 
 Decoding: ``selective_state_update(state, x, dt, A, B, C, ...)`` advances ``state`` [B, D, N] in place by
 one token (x, dt, z: [B, D]; B, C: [B, N] or [B, G, N]) and returns y [B, D]; stepping through a
@@ -28,7 +37,9 @@ Paths (``impl=``): "ref" loops over L in plain PyTorch (the ground truth, autogr
 "torch" is a chunked two-level scan with a hand-written backward that recomputes states block by block,
 so memory stays at O(block) instead of [B, D, L, N]; "triton" runs one program per (batch row, block of
 channels) that walks L with the state in registers, saving the state at chunk boundaries; its backward
-kernel replays each chunk from its saved state and walks it in reverse.
+kernel replays each chunk from its saved state and walks it in reverse. Complex A: "torch" runs the "ref"
+loop (no complex core yet) and "triton" (also the default on CUDA) runs "torch". A constant B/C costs the torch
+and Triton paths a [B, D, N, L] layout of it (they see G = D groups; Triton then runs one channel per program).
 """
 
 from __future__ import annotations
@@ -52,9 +63,32 @@ __all__ = [
 
 
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float64 when any input is float64, else float32 (half-precision inputs are upcast)."""
-    wide = any(t is not None and t.dtype == torch.float64 for t in tensors)
+    """float64 when any input is float64 (or complex128), else float32 (half-precision inputs are upcast)."""
+    wide = any(t is not None and t.dtype in (torch.float64, torch.complex128) for t in tensors)
     return torch.float64 if wide else torch.float32
+
+
+def _complex_of(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def _as_grouped(t: torch.Tensor, A: torch.Tensor, batch: int, L: int) -> torch.Tensor:
+    """B or C in the grouped form [B, G, N, L] that every path computes with.
+
+    A constant [D, N] (time-invariant, per channel) becomes the broadcast view [B, D, N, L]: G = D, one group
+    per channel, so autograd sums its gradient back to [D, N]. [B, N, L] becomes [B, 1, N, L]. With complex A,
+    a real variable B/C holds (real, imag) pairs interleaved along its last axis (length 2L) and becomes
+    complex (as ``view_as_complex`` in mamba_ssm); a real constant one is cast to complex. Idempotent.
+    """
+    if t.dim() == 2:
+        if A.is_complex() and not t.is_complex():
+            t = t.to(_complex_of(_compute_dtype(t, A)))
+        return t[None, :, :, None].expand(batch, t.shape[0], t.shape[1], L)
+    if t.dim() == 3:
+        t = t.unsqueeze(1)
+    if A.is_complex() and not t.is_complex():
+        t = torch.view_as_complex(t.to(_compute_dtype(t, A)).unflatten(-1, (L, 2)).contiguous())
+    return t
 
 
 def _step_size(delta, delta_bias, delta_softplus, dtype):
@@ -86,26 +120,29 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                        return_last_state=False):
     """Ground truth: the recurrence of the module docstring, one position at a time.
 
-    u, delta, z: [B, D, L]; A: [D, N]; B, C: [B, N, L] or [B, G, N, L]; D, delta_bias: [D].
-    Returns out [B, D, L] (u's dtype), and last_state [B, D, N] (float32/float64) when asked.
+    u, delta, z: [B, D, L]; A: [D, N] real or complex; B, C: [D, N], [B, N, L] or [B, G, N, L] (real pairs
+    along 2L, or complex, when A is complex); D, delta_bias: [D].
+    Returns out [B, D, L] (u's dtype), and last_state [B, D, N] (float32/float64, complex with complex A).
     """
     cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    dim = u.shape[1]
+    sdt = _complex_of(cdt) if A.is_complex() else cdt  # dtype of the state
+    batch, dim, L = u.shape
     dt = _step_size(delta, delta_bias, delta_softplus, cdt)
     x = dt * u.to(cdt)  # [B, D, L]
-    A = A.to(cdt)
     # every channel gets its group's B and C: [B, D, N, L]
-    B = (B.unsqueeze(1) if B.dim() == 3 else B).to(cdt)
-    C = (C.unsqueeze(1) if C.dim() == 3 else C).to(cdt)
+    B, C = (_as_grouped(t, A, batch, L).to(sdt) for t in (B, C))
+    A = A.to(sdt)
     B = B.repeat_interleave(dim // B.shape[1], dim=1)
     C = C.repeat_interleave(dim // C.shape[1], dim=1)
-    h = u.new_zeros(u.shape[0], dim, A.shape[1], dtype=cdt)  # [B, D, N]
+    h = u.new_zeros(batch, dim, A.shape[1], dtype=sdt)  # [B, D, N]
     ys = []
     # unbind (not indexing) keeps the backward linear in L
     for dt_t, x_t, B_t, C_t in zip(dt.unbind(-1), x.unbind(-1), B.unbind(-1), C.unbind(-1)):
         h = torch.exp(dt_t[..., None] * A) * h + x_t[..., None] * B_t
         ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1)
+    if y.is_complex():  # the conjugate pair's contribution, as in mamba_ssm
+        y = y.real * 2
     if D is not None:
         y = y + D.to(cdt)[:, None] * u.to(cdt)
     if z is not None:
@@ -331,9 +368,11 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     of a block, never over L. The backward replays each block from its saved start state, so memory is a
     few [B, D, block, N] tensors, and it is hand-written (first-order gradients only).
     """
+    if A.is_complex():  # no complex core: the reference loop (autograd through it)
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     dt = _step_size(delta, delta_bias, delta_softplus, cdt)
-    Bg, Cg = _common_groups(B, C)
+    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
     uc = u.to(cdt)
     y, last_state = _SelectiveScanTorchFn.apply(uc, dt, A.to(cdt), Bg.to(cdt), Cg.to(cdt))
     if D is not None:
@@ -619,7 +658,9 @@ class _SelectiveScanTritonFn(torch.autograd.Function):
 
 def _selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                            return_last_state=False):
-    Bg, Cg = _common_groups(B, C)
+    if A.is_complex():  # the kernels are real: complex A runs the torch path
+        return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
     out, last_state = _SelectiveScanTritonFn.apply(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus)
     return (out, last_state) if return_last_state else out
 
@@ -650,16 +691,31 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"u must be [B, D, L] with L >= 1, got {shape_str(u)}")
     check_tensor("delta", delta, (batch, dim, L), "[B, D, L]")
     check_tensor("A", A, (dim, None), "[D, N]")
-    if A.is_complex():
-        raise ValueError(f"A must be real (complex A is not supported), got {A.dtype}")
+    if A.is_complex() and A.dtype not in (torch.complex64, torch.complex128):
+        raise ValueError(f"A must be float or complex64/complex128, got {A.dtype}")
     N = A.shape[1]
-    _check_groups("B", B, batch, N, L, dim, ("[B, N, L]", "[B, G, N, L]"))
-    _check_groups("C", C, batch, N, L, dim, ("[B, N, L]", "[B, G, N, L]"))
+    for name, t in (("B", B), ("C", C)):
+        if isinstance(t, torch.Tensor) and t.dim() == 2:  # constant (time-invariant) [D, N]
+            check_tensor(name, t, (dim, N), "[D, N]")
+            if t.is_complex() and not A.is_complex():
+                raise ValueError(f"{name} may be complex only when A is: got {name} {t.dtype}, A {A.dtype}")
+            if not t.is_complex():
+                check_float(name, t)
+        elif A.is_complex() and not (isinstance(t, torch.Tensor) and t.is_complex()):
+            # real (re, im) pairs interleaved along the last axis, as mamba_ssm takes them
+            _check_groups(name, t, batch, N, 2 * L, dim, ("[B, N, 2L]", "[B, G, N, 2L]"))
+        elif A.is_complex():
+            if t.dim() not in (3, 4):
+                raise ValueError(f"{name} must be [D, N], [B, N, L] or [B, G, N, L], got {shape_str(t)}")
+            _check_groups(name, t.real, batch, N, L, dim, ("[B, N, L]", "[B, G, N, L]"))
+        else:
+            _check_groups(name, t, batch, N, L, dim, ("[B, N, L]", "[B, G, N, L]"))
     for name, t, shape, letters in (("D", D, (dim,), "[D]"), ("z", z, (batch, dim, L), "[B, D, L]"),
                                     ("delta_bias", delta_bias, (dim,), "[D]")):
         if t is not None:
             check_tensor(name, t, shape, letters)
-    for name, t in (("u", u), ("delta", delta), ("A", A), ("D", D), ("z", z), ("delta_bias", delta_bias)):
+    for name, t in (("u", u), ("delta", delta), ("A", A.real if A.is_complex() else A), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias)):
         if t is not None:
             check_float(name, t)
     for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
@@ -674,8 +730,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     Args:
         u: [B, D, L] input. delta: [B, D, L] step size before bias and softplus.
-        A: [D, N] real decay rates (negative for a decaying state).
-        B, C: [B, N, L], or [B, G, N, L] with G dividing D (channel d uses group d // (D // G)).
+        A: [D, N] decay rates (negative real part for a decaying state); complex A gives 2 * Re(y).
+        B, C: [D, N] constant, [B, N, L], or [B, G, N, L] with G dividing D (channel d uses group
+            d // (D // G)); with complex A, variable ones as real (re, im) pairs along 2L, or complex.
         D: optional [D] skip weight. z: optional [B, D, L] gate (out * silu(z)).
         delta_bias: optional [D], added to delta. delta_softplus: apply softplus to the step size.
         return_last_state: also return the state after position L-1.
@@ -684,7 +741,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     Returns:
         out [B, D, L] in u's dtype; with ``return_last_state`` the pair (out, last_state), last_state
-        [B, D, N] in float32 (float64 when any input is float64). last_state is differentiable.
+        [B, D, N] in float32 (float64 when any input is float64; complex with complex A). last_state is
+        differentiable.
 
     Example:
         >>> u, delta = torch.randn(2, 64, 100), torch.rand(2, 64, 100)
@@ -696,6 +754,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     requested, impl = impl, pick_impl("selective_scan", impl, u.device)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if impl == "triton" and A.is_complex():  # real kernels only: complex A runs the torch path
+        impl = "torch"
     if impl == "triton":
         return run_triton("selective_scan", requested, _selective_scan_triton, selective_scan_torch, *args)
     return {"ref": selective_scan_ref, "torch": selective_scan_torch}[impl](*args)
