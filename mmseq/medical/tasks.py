@@ -280,6 +280,17 @@ class CTReportDataModule(SplitDataModule):
         super().__init__(cfg.batch_size, seed, eval_batch_size=cfg.eval_batch_size, num_workers=num_workers)
         self.cfg, self.model = cfg, model
         self.references: dict[str, list[str]] = {}
+        self._baseline: str | None = None
+
+    @property
+    def baseline_report(self) -> str:
+        """The most common training report: what a generator that ignores the scan would write."""
+        if self._baseline is None:
+            from collections import Counter
+
+            index, rows = ctrate_split(self.cfg.root, "train", labels=False, metadata=False)
+            self._baseline = Counter(index.report(i) for i in rows).most_common(1)[0][0] if rows else ""
+        return self._baseline
 
     def load_split(self, split: str) -> Dataset:
         from .report_model import pool_codes
@@ -298,7 +309,8 @@ class CTReportDataModule(SplitDataModule):
 class CTReportModule(TaskModule):
     """Next-token cross-entropy on the report; at the end of validation and test, reports are generated for up
     to ``num_generate`` volumes and scored: clinical precision/recall/F1 over the 18 abnormalities (labeler on
-    generated vs reference text), CRG, BLEU-1..4 and ROUGE-L."""
+    generated vs reference text), CRG, BLEU-1 and -4 and ROUGE-L, each beside the same figure for the most
+    common training report (``baseline_*``)."""
 
     def __init__(self, model, optim, max_steps: int, *, num_generate: int, beam_size: int) -> None:
         super().__init__(model, optim, max_steps, metrics={}, prog_bar=())
@@ -333,9 +345,14 @@ class CTReportModule(TaskModule):
         refs = self.trainer.datamodule.references[split]
         hyps = [text for _, text in generated]
         targets = [refs[i] for i, _ in generated]
+        keep = ("precision", "recall", "f1", "crg", "bleu1", "bleu4", "rouge_l")
         scores = {**clinical_scores(hyps, targets), **nlg_scores(hyps, targets)}
-        for name, value in scores.items():
-            self.log(f"{stage}/{name}", float(value), prog_bar=stage == "val" and name == "f1")
+        baseline = [self.trainer.datamodule.baseline_report] * len(targets)
+        base = {**clinical_scores(baseline, targets), **nlg_scores(baseline, targets)}
+        for name in keep:
+            self.log(f"{stage}/{name}", float(scores[name]), prog_bar=stage == "val" and name == "f1")
+            # the same figure for the most common training report, written for every scan
+            self.log(f"{stage}/baseline_{name}", float(base[name]))
 
 
 @register_task("ct-report")
