@@ -44,15 +44,17 @@ def _loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=Fal
         dt = torch.log1p(torch.exp(dt))
     h = torch.zeros(Bs, Dn, A.shape[1], dtype=A.dtype)
     ys = []
-    for t in range(L):
-        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * Bf[..., t]
-        y = (h * Cf[..., t]).sum(-1)
+    # per-position slices by unbind: indexing [..., t] would make the backward quadratic in L
+    steps = zip(dt.unbind(-1), u.unbind(-1), Bf.unbind(-1), Cf.unbind(-1),
+                z.double().unbind(-1) if z is not None else [None] * L)
+    for dt_t, u_t, B_t, C_t, z_t in steps:
+        h = torch.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * B_t
+        y = (h * C_t).sum(-1)
         y = 2 * y.real if cplx else y
         if D is not None:
-            y = y + D.double() * u[:, :, t]
-        if z is not None:
-            zt = z.double()[:, :, t]
-            y = y * zt / (1 + torch.exp(-zt))
+            y = y + D.double() * u_t
+        if z_t is not None:
+            y = y * z_t / (1 + torch.exp(-z_t))
         ys.append(y)
     return torch.stack(ys, -1), h
 
@@ -219,3 +221,88 @@ def test_bad_forms(case):
     with pytest.raises(ValueError) as err:
         ss.selective_scan(**x)
     assert message in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Half precision: mamba_ssm's own test setup and tolerances (its test_selective_scan), against the float64 loop
+# ----------------------------------------------------------------------------------------------------------
+
+# (rtol, atol) of the output, last state and input gradients, per input dtype, as in mamba_ssm's tests
+MAMBA_TOL = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
+
+
+def _mamba_setup(itype, L, Bf, Cf, has_z, seed=0, Bs=2, Dn=4, N=8, device="cpu"):
+    """u, delta, z and variable B/C in itype; A, D, delta_bias and constant B/C (the weights) in float32."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape, dtype=itype: torch.randn(*shape, generator=g).to(dtype)
+    bc = lambda form: rnd(Dn, N, dtype=torch.float32) if form == "c" else rnd(Bs, 2, N, L) if form == "g2" \
+        else rnd(Bs, N, L)
+    x = {"u": rnd(Bs, Dn, L), "delta": (0.5 * torch.rand(Bs, Dn, L, generator=g)).to(itype),
+         "A": -0.5 * torch.rand(Dn, N, generator=g), "B": bc(Bf), "C": bc(Cf), "D": rnd(Dn, dtype=torch.float32),
+         "z": rnd(Bs, Dn, L) if has_z else None, "delta_bias": 0.5 * torch.rand(Dn, generator=g)}
+    return {k: v.to(device) for k, v in x.items() if v is not None}
+
+
+def _mamba_check(got, want, itype, Bf, Cf, has_z):
+    """mamba_ssm's asserts: weights at (1e-3, 1e-3), loosened to the input tolerance with z; dA's atol x5."""
+    rtol, atol = MAMBA_TOL[itype]
+    rtolw, atolw = (max(1e-3, rtol), max(1e-3, atol)) if has_z else (1e-3, 1e-3)
+    tol = {"out": (rtol, atol), "last_state": (rtol, atol), "du": (2 * rtol, 2 * atol),
+           "ddelta": (5 * rtol, 10 * atol), "dA": (rtolw, 5 * atolw), "dD": (rtolw, atolw), "dz": (rtolw, atolw),
+           "ddelta_bias": (rtolw, atolw), "dB": (rtol, atol) if Bf != "c" else (rtolw, atolw),
+           "dC": (rtol, atol) if Cf != "c" else (rtolw, atolw)}
+    bad = []
+    for name, (r, a) in tol.items():
+        if want.get(name) is None:
+            continue
+        g, w = got[name].double(), want[name].double()
+        excess = ((g - w).abs() - (a + r * w.abs())).max().item()
+        print(f"{name}: max abs err {(g - w).abs().max().item():.3g} (max |ref| {w.abs().max().item():.3g})")
+        if excess > 0:
+            bad.append(name)
+    assert not bad, f"{bad} outside mamba_ssm's tolerances"
+
+
+def _run_out_only(fn, x, itype):
+    """mamba_ssm's backward: one cotangent on out (drawn in the input dtype), none on last_state."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+    out, last = fn(**leaves, delta_softplus=True)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(itype)
+    out.backward(g.to(out.dtype).to(out.device))
+    return {"out": out.cpu(), "last_state": last.cpu(), **{"d" + k: v.grad.cpu() for k, v in leaves.items()}}
+
+
+@pytest.mark.parametrize("itype, L, Bf, Cf, has_z", [
+    (torch.bfloat16, 1134, "v", "v", False),  # the strictest weight tolerances, at the length dA once failed
+    (torch.bfloat16, 1134, "c", "g2", True),
+    (torch.float16, 300, "g2", "c", False),
+    (torch.float32, 300, "v", "v", False),
+], ids=["bf16-L1134-BvCv", "bf16-L1134-BcCg2-z", "fp16-L300-Bg2Cc", "fp32-L300-BvCv"])
+def test_half_inputs_meet_mamba_tolerances(itype, L, Bf, Cf, has_z):
+    x = _mamba_setup(itype, L, Bf, Cf, has_z)
+    got = _run_out_only(_impl("torch"), x, itype)
+    assert got["out"].dtype == itype and got["du"].dtype == itype and got["dA"].dtype == torch.float32
+    assert got["last_state"].dtype == torch.float32
+    want = _run_out_only(lambda **kw: _loop(**kw), {k: v.double() for k, v in x.items()}, itype)
+    _mamba_check(got, want, itype, Bf, Cf, has_z)
+
+
+@pytest.mark.parametrize("itype", [pytest.param(t, id=str(t)[6:], marks=TRITON)
+                                   for t in (torch.bfloat16, torch.float16)])
+def test_half_inputs_meet_mamba_tolerances_triton(itype, small_chunks):
+    x = _mamba_setup(itype, 10, "v", "g2", True, Dn=2, N=4)
+    got = _run_out_only(_impl("triton"), _on(x, DEVICE), itype)
+    want = _run_out_only(lambda **kw: _loop(**kw), {k: v.double() for k, v in x.items()}, itype)
+    _mamba_check(got, want, itype, "v", "g2", True)
+
+
+def test_half_weight_gradient_is_the_float32_sum_rounded_once():
+    """A bf16 A gets a bf16 dA: the float32 accumulation rounded once (relative 2^-9, e.g. +-4 near 1,500), the
+    floor for a bf16 weight; keep A in float32 (as mamba_ssm and the Mamba mixer do) for a float32 dA."""
+    x = _mamba_setup(torch.bfloat16, 200, "v", "v", False)
+    x16 = {**x, "A": x["A"].bfloat16()}
+    x["A"] = x16["A"].float()  # the same values
+    got16 = _run_out_only(_impl("torch"), x16, torch.bfloat16)
+    got32 = _run_out_only(_impl("torch"), x, torch.bfloat16)
+    assert got16["dA"].dtype == torch.bfloat16
+    assert torch.equal(got16["dA"], got32["dA"].bfloat16())
