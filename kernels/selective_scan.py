@@ -34,7 +34,8 @@ Every form is brought to the grouped one before the paths run: a constant [D, N]
 
 Decoding: ``selective_state_update(state, x, dt, A, B, C, ...)`` advances ``state`` [B, D, N] in place by
 one token (x, dt, z: [B, D]; B, C: [B, N] or [B, G, N]) and returns y [B, D]; stepping through a
-sequence from a zero state reproduces ``selective_scan``.
+sequence from a zero state reproduces ``selective_scan``. mamba_ssm's heads form (state [B, H, P, N], x [B, H, P],
+A [H, P, N], B/C groups dividing H) is taken as D = H * P channels. Real A only; no constant B/C for decoding.
 
 Paths (``impl=``): "ref" loops over L in plain PyTorch (the ground truth, autograd through the loop);
 "torch" is a chunked two-level scan with a hand-written backward that recomputes states block by block,
@@ -673,8 +674,8 @@ def _selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _check_groups(name, t, batch, N, L, dim, per_position_letters):
-    """t must be [B, N, *L] or [B, G, N, *L] with G dividing D."""
+def _check_groups(name, t, batch, N, L, dim, per_position_letters, dim_letter="D"):
+    """t must be [B, N, *L] or [B, G, N, *L] with G dividing D (or H, by ``dim_letter``)."""
     tail = (N,) + ((L,) if L is not None else ())
     plain, grouped = (batch, *tail), (batch, None, *tail)
     if t.dim() == len(plain):
@@ -682,7 +683,7 @@ def _check_groups(name, t, batch, N, L, dim, per_position_letters):
     else:
         check_tensor(name, t, grouped, per_position_letters[1])
         if t.shape[1] == 0 or dim % t.shape[1] != 0:
-            raise ValueError(f"{name} has G={t.shape[1]} groups, which must divide D={dim} "
+            raise ValueError(f"{name} has G={t.shape[1]} groups, which must divide {dim_letter}={dim} "
                              f"({name} is {per_position_letters[1]}, got {shape_str(t)})")
     check_float(name, t)
 
@@ -773,9 +774,15 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         A: [D, N]. B, C: [B, N] or [B, G, N] with G dividing D. D, dt_bias: [D].
         dt_softplus: apply softplus to dt + dt_bias. impl: as for ``selective_scan``.
 
+    The heads form of mamba_ssm's ``selective_state_update`` is taken too: state [B, H, P, N], x, dt, z
+    [B, H, P], A [H, P, N], D, dt_bias [H, P], B, C [B, N] or [B, G, N] with G dividing H (head h uses group
+    h // (H // G)); y is [B, H, P]. It is the form above with D = H * P channels (channel h * P + p).
+
     One step is a handful of elementwise ops on [B, D, N], so every ``impl`` runs the same PyTorch code.
     Stepping from a zero state through x[..., t] reproduces ``selective_scan`` position by position.
     """
+    if isinstance(state, torch.Tensor) and state.dim() == 4:
+        return _state_update_heads(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, impl)
     check_tensor("state", state, (None, None, None), "[B, D, N]")
     batch, dim, N = state.shape
     check_tensor("x", x, (batch, dim), "[B, D]")
@@ -793,3 +800,24 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
             check_float(name, t)
     pick_impl("selective_state_update", impl, state.device)
     return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def _state_update_heads(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, impl):
+    """The heads form of ``selective_state_update``: checked, flattened to D = H * P channels, run, and the
+    new state written back into ``state`` (in place, whatever its strides)."""
+    batch, H, P, N = state.shape
+    for name, t, shape, letters in (("x", x, (batch, H, P), "[B, H, P]"), ("dt", dt, (batch, H, P), "[B, H, P]"),
+                                    ("A", A, (H, P, N), "[H, P, N]"), ("D", D, (H, P), "[H, P]"),
+                                    ("z", z, (batch, H, P), "[B, H, P]"), ("dt_bias", dt_bias, (H, P), "[H, P]")):
+        if t is not None:
+            check_tensor(name, t, shape, letters)
+    for name, t in (("B", B), ("C", C)):
+        _check_groups(name, t, batch, N, None, H, ("[B, N]", "[B, G, N]"), "H")
+    flat = lambda t, lead: None if t is None else t.reshape(*t.shape[:lead], H * P, *t.shape[lead + 2:])
+    s = flat(state, 1)
+    shares = s.untyped_storage().data_ptr() == state.untyped_storage().data_ptr()  # a view: updated in place
+    y = selective_state_update(s, flat(x, 1), flat(dt, 1), flat(A, 0), B, C, flat(D, 0), flat(z, 1),
+                               flat(dt_bias, 0), dt_softplus, impl=impl)
+    if not shares:
+        state.copy_(s.view(batch, H, P, N))
+    return y.view(batch, H, P)

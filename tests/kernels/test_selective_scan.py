@@ -400,3 +400,42 @@ def test_bad_state_update_inputs(case):
     with pytest.raises(ValueError) as err:
         ss.selective_state_update(**args)
     assert message in str(err.value)
+
+
+def _heads_inputs(Bn, H, P, N, G, dtype=torch.float64, seed=0):
+    """Arguments of the heads form (state [B, H, P, N]; G=0: B and C are [B, N]), all options on."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+    bc = (Bn, N) if G == 0 else (Bn, G, N)
+    return {"state": rnd(Bn, H, P, N), "x": rnd(Bn, H, P), "dt": rnd(Bn, H, P) * 0.5 - 1.0,
+            "A": -(torch.rand(H, P, N, generator=g) * 2 + 0.1).to(dtype), "B": rnd(*bc), "C": rnd(*bc),
+            "D": rnd(H, P), "z": rnd(Bn, H, P), "dt_bias": rnd(H, P) * 0.1, "dt_softplus": True}
+
+
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided-state"])
+@pytest.mark.parametrize("G", [0, 1, 3])
+def test_state_update_heads_form(G, strided):
+    """mamba_ssm's heads form: head h reads group h // (H // G); equal to the loop over D = H * P channels."""
+    Bn, H, P, N = 2, 3, 2, 4
+    args = _heads_inputs(Bn, H, P, N, G)
+    flat = {k: (v.reshape(*v.shape[:1], H * P, *v.shape[3:]) if k in ("state", "x", "dt", "z")
+                else v.reshape(H * P, *v.shape[2:]) if k in ("A", "D", "dt_bias") else v) for k, v in args.items()}
+    if G:  # over D = H * P channels, group g spans P * H // G of them: the same grouping
+        flat["B"], flat["C"] = args["B"], args["C"]
+    want_state, want_y = _state_update_loop(**flat)
+    state = args["state"]
+    if strided:  # [B, P, H, N] storage seen as [B, H, P, N]: cannot be flattened without a copy
+        state = state.transpose(1, 2).contiguous().transpose(1, 2)
+    ptr = state.data_ptr()
+    y = ss.selective_state_update(**{**args, "state": state})
+    assert y.shape == (Bn, H, P) and state.data_ptr() == ptr
+    assert_close({"y": y.reshape(Bn, H * P), "state": state.reshape(Bn, H * P, N)},
+                 {"y": want_y, "state": want_state}, 1e-12, by="max", label=f"G{G}")
+
+
+def test_state_update_heads_bad_shapes():
+    args = _heads_inputs(2, 4, 2, 3, 0)
+    with pytest.raises(ValueError, match=r"A must be \[H, P, N\] = \[4, 2, 3\], got \[8, 3\]"):
+        ss.selective_state_update(**{**args, "A": args["A"].reshape(8, 3)})
+    with pytest.raises(ValueError, match="B has G=3 groups, which must divide H=4"):
+        ss.selective_state_update(**{**args, "B": torch.zeros(2, 3, 3, dtype=torch.float64)})
