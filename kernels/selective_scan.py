@@ -41,9 +41,10 @@ Paths (``impl=``): "ref" loops over L in plain PyTorch (the ground truth, autogr
 "torch" is a chunked two-level scan with a hand-written backward that recomputes states block by block,
 so memory stays at O(block) instead of [B, D, L, N]; "triton" runs one program per (batch row, block of
 channels) that walks L with the state in registers, saving the state at chunk boundaries; its backward
-kernel replays each chunk from its saved state and walks it in reverse. Complex A: "torch" runs the "ref"
-loop (no complex core yet) and "triton" (also the default on CUDA) runs "torch". A constant B/C costs the torch
-and Triton paths a [B, D, N, L] layout of it (they see G = D groups; Triton then runs one channel per program).
+kernel replays each chunk from its saved state and walks it in reverse. Complex A: "ref" and "torch" run it
+in complex arithmetic; the Triton kernels are real, so "triton" (also the default on CUDA) runs "torch" for
+it. A constant B/C costs the torch and Triton paths a [B, D, N, L] layout of it (they see G = D groups; Triton
+then runs one channel per program).
 """
 
 from __future__ import annotations
@@ -279,7 +280,9 @@ def _workspace(ref, count, shape):
 class _SelectiveScanTorchFn(torch.autograd.Function):
     """Core scan y[t] = <C[t], h[t]>: u, dt [B, D, L], A [D, N], B, C [B, G, N, L] -> y [B, D, L], h [B, D, N]
 
-    All inputs share one float dtype. Saves only the inputs and the state at each block boundary.
+    u and dt share one float dtype; A, B, C have it too, or all its complex type (then y and h are complex, and
+    the backward takes conjugates as PyTorch's complex autograd does: it is written with ``.conj()``, a no-op
+    on real tensors). Saves only the inputs and the state at each block boundary.
     """
 
     @staticmethod
@@ -301,10 +304,10 @@ class _SelectiveScanTorchFn(torch.autograd.Function):
         x_t = u_t * dt_t
         B_t, C_t = time_major(B, N), time_major(C, N)
         A5 = A.view(G, Dg, N).transpose(1, 2).contiguous().view(1, G, 1, N, Dg)
-        y = u.new_empty(Bs, G, Lp, Dg)
-        h = u.new_zeros(Bs, G, N, Dg)
+        y = B.new_empty(Bs, G, Lp, Dg)  # B's dtype: the state's (complex with complex A)
+        h = B.new_zeros(Bs, G, N, Dg)
         states = []
-        work = _workspace(u, 3, (Bs, G, min(Lb, Lp), N, Dg))
+        work = _workspace(B, 3, (Bs, G, min(Lb, Lp), N, Dg))
         for l0 in range(0, Lp, Lb):
             l1 = min(l0 + Lb, Lp)
             states.append(h)
@@ -323,35 +326,42 @@ class _SelectiveScanTorchFn(torch.autograd.Function):
         L, T, Lb = ctx.dims
         Bs, G, Lp, Dg = u_t.shape
         N = A.shape[1]
-        dy_t = u_t.new_zeros(Bs, G, Lp, Dg)
+        cplx = A.is_complex()
+        dy_t = B_t.new_zeros(Bs, G, Lp, Dg)
         if dy is not None:
             dy_t[:, :, :L] = dy.reshape(Bs, G, Dg, L).transpose(2, 3)
-        q = u_t.new_zeros(Bs, G, N, Dg)
+        q = B_t.new_zeros(Bs, G, N, Dg)
         if dh_last is not None:
             q.copy_(dh_last.reshape(Bs, G, Dg, N).transpose(2, 3))
         x_t = u_t * dt_t
+        x_w = x_t.to(B_t.dtype)  # (x_t itself when real)
         A5 = A.view(G, Dg, N).transpose(1, 2).contiguous().view(1, G, 1, N, Dg)
-        dx, ddt = torch.empty_like(u_t), torch.empty_like(u_t)  # [B, G, Lp, Dg]
+        dx, ddt = B_t.new_empty(Bs, G, Lp, Dg), B_t.new_empty(Bs, G, Lp, Dg)  # real parts kept when complex
         dB, dC = torch.empty_like(B_t), torch.empty_like(C_t)  # [B, G, Lp, N]
         dA = torch.zeros_like(A5)
         starts = list(range(0, Lp, Lb))
-        work = _workspace(u_t, 5, (Bs, G, min(Lb, Lp), N, Dg))
+        work = _workspace(B_t, 5, (Bs, G, min(Lb, Lp), N, Dg))
         for i in range(len(starts) - 1, -1, -1):
             l0, l1 = starts[i], min(starts[i] + Lb, Lp)
             a, b, h, s, g = work(l1 - l0)
             _block_inputs(dt_t, x_t, A5, B_t, l0, l1, a, b)
             _scan_block(a, b, states[i], dt_t[:, :, l0:l1], A5, T, out=h)
-            dC[:, :, l0:l1] = torch.einsum("bglnd,bgld->bgln", h, dy_t[:, :, l0:l1])
-            torch.mul(C_t[:, :, l0:l1, :, None], dy_t[:, :, l0:l1, None, :], out=s)  # dy[t] * dy[t]/dh[t]
-            q = _scan_block_reverse(a, s, q, dt_t[:, :, l0:l1], A5, T, out=g)  # g[t] = d loss / d h[t]
-            torch.matmul(B_t[:, :, l0:l1, None, :], g, out=dx[:, :, l0:l1, None, :])
-            dB[:, :, l0:l1] = torch.einsum("bglnd,bgld->bgln", g, x_t[:, :, l0:l1])
+            dC[:, :, l0:l1] = torch.einsum("bglnd,bgld->bgln", h.conj(), dy_t[:, :, l0:l1])
+            torch.mul(C_t[:, :, l0:l1, :, None].conj(), dy_t[:, :, l0:l1, None, :], out=s)  # dy[t] * dy[t]/dh[t]
+            # g[t] = d loss / d h[t]
+            q = _scan_block_reverse(a.conj(), s, q, dt_t[:, :, l0:l1], A5.conj(), T, out=g)
+            torch.matmul(B_t[:, :, l0:l1, None, :].conj(), g, out=dx[:, :, l0:l1, None, :])
+            dB[:, :, l0:l1] = torch.einsum("bglnd,bgld->bgln", g, x_w[:, :, l0:l1])
             # d/d(dt * A) = g[t] * a[t] * h[t-1], into b's buffer (h[t] - b[t] would cancel when a[t] ~ 0)
             torch.mul(a[:, :, 1:], h[:, :, :-1], out=b[:, :, 1:])
             torch.mul(a[:, :, 0], states[i], out=b[:, :, 0])
+            if cplx:
+                b.conj_physical_()
             dlog_a = b.mul_(g)
-            torch.sum(torch.mul(dlog_a, A5, out=s), dim=-2, out=ddt[:, :, l0:l1])
+            torch.sum(torch.mul(dlog_a, A5.conj(), out=s), dim=-2, out=ddt[:, :, l0:l1])
             dA += torch.mul(dlog_a, dt_t[:, :, l0:l1, None, :], out=s).sum(dim=(0, 2), keepdim=True)
+        if cplx:  # u and dt are real: the real part of their complex gradients
+            dx, ddt = dx.real, ddt.real
         ddt.addcmul_(dx, u_t)
         du = dx.mul_(dt_t)
 
@@ -372,13 +382,14 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     of a block, never over L. The backward replays each block from its saved start state, so memory is a
     few [B, D, block, N] tensors, and it is hand-written (first-order gradients only).
     """
-    if A.is_complex():  # no complex core: the reference loop (autograd through it)
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    sdt = _complex_of(cdt) if A.is_complex() else cdt  # dtype of the state
     dt = _step_size(delta, delta_bias, delta_softplus, cdt)
     Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
     uc = u.to(cdt)
-    y, last_state = _SelectiveScanTorchFn.apply(uc, dt, A.to(cdt), Bg.to(cdt), Cg.to(cdt))
+    y, last_state = _SelectiveScanTorchFn.apply(uc, dt, A.to(sdt), Bg.to(sdt), Cg.to(sdt))
+    if y.is_complex():  # the conjugate pair's contribution, as in mamba_ssm
+        y = y.real * 2
     if D is not None:
         y = y + D.to(cdt)[:, None] * uc
     if z is not None:

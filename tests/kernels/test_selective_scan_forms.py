@@ -185,6 +185,12 @@ def test_complex_float64(forms, impl):
     _check(got, _want(x, True), 1e-10, f"{impl} complex {forms}")
 
 
+def test_complex_torch_across_blocks():
+    """The torch path's complex core over several blocks and chunks (conjugates in its backward)."""
+    x = _inputs("c", "g2", cplx=True, Bs=1, Dn=4, N=2, L=300)
+    _check(_run(_impl("torch"), x, True), _want(x, True), 1e-10, "complex L300")
+
+
 def test_complex64_float32():
     x = _inputs("g2", "v", cplx=True, L=20, dtype=torch.float32)
     got = _run(_impl("torch"), x, True)
