@@ -312,3 +312,22 @@ def test_half_weight_gradient_is_the_float32_sum_rounded_once():
     got32 = _run_out_only(_impl("torch"), x, torch.bfloat16)
     assert got16["dA"].dtype == torch.bfloat16
     assert torch.equal(got16["dA"], got32["dA"].bfloat16())
+
+
+@pytest.mark.parametrize("itype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_complex_half_inputs_meet_mamba_tolerances(itype):
+    """mamba_ssm's complex setup: A complex64, variable B as interleaved pairs in itype, constant C complex64."""
+    g = torch.Generator().manual_seed(0)
+    Bs, Dn, N, L = 2, 4, 8, 300
+    cx = lambda *shape: torch.complex(torch.randn(*shape, generator=g), torch.randn(*shape, generator=g))
+    x = {"u": torch.randn(Bs, Dn, L, generator=g).to(itype),
+         "delta": (0.5 * torch.rand(Bs, Dn, L, generator=g)).to(itype),
+         "A": torch.complex(-0.5 * torch.rand(Dn, N, generator=g), torch.randn(Dn, N, generator=g)),
+         "B": torch.randn(Bs, N, 2 * L, generator=g).to(itype), "C": cx(Dn, N), "D": torch.randn(Dn, generator=g),
+         "delta_bias": 0.5 * torch.rand(Dn, generator=g)}
+    real = lambda res: {k: (torch.view_as_real(v) if v.is_complex() else v) for k, v in res.items()}
+    got = real(_run_out_only(_impl("torch"), x, itype))
+    assert got["out"].dtype == itype and got["dB"].dtype == itype
+    wide = {k: (v.to(torch.complex128) if v.is_complex() else v.double()) for k, v in x.items()}
+    want = real(_run_out_only(lambda **kw: _loop(**kw), wide, itype))
+    _mamba_check(got, want, itype, "v", "c", False)
