@@ -69,6 +69,7 @@ class CTTokens:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=meta)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a token file is readable like any file
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -104,6 +105,12 @@ class CTTokens:
         from .lfq import indices_to_codes
 
         return indices_to_codes(self.ids[None], self.token_bits, torch.float32)[0]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _join(values: Iterable) -> str:

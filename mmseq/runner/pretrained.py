@@ -126,11 +126,18 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an exported model is readable like any file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
