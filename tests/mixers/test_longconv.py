@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmseq.mixers import create_mixer
 from mmseq.mixers.base import stream
 from mmseq.mixers.longconv import smooth, squash
+from tests.mixers._conv_ref import two_sided_sum
 
 
 def _mixer(causal=True, **kw):
@@ -51,19 +52,6 @@ def test_forward_equals_direct_convolution():
     torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-10)
 
 
-def _two_sided_sum(k0, k1, D, u):
-    """y[t] = sum_{s<=t} k0[t-s] u[s] + sum_{s>t} k1[s-t-1] u[s] + D u[t], one term at a time; u: [B, C, L]."""
-    L = u.shape[-1]
-    y = u * D[:, None]
-    for t in range(L):
-        for s in range(L):
-            if s <= t:
-                y[..., t] = y[..., t] + k0[:, t - s] * u[..., s]
-            else:
-                y[..., t] = y[..., t] + k1[:, s - t - 1] * u[..., s]
-    return y
-
-
 def test_bidirectional_equals_two_sided_sum():
     """Past taps from the first kernel, future taps from the second, delayed one step (u[t] counted once)."""
     m = _mixer(causal=False, lam=0.05, smooth_window=3)
@@ -74,7 +62,7 @@ def test_bidirectional_equals_two_sided_sum():
     w = smooth(m.kernel_weight, 3)
     k0, k1 = torch.sign(w) * (w.abs() - 0.05).clamp(min=0)  # [C*H, l_max] each
     u = x.transpose(1, 2).repeat(1, 2, 1)  # channels=2
-    y = _two_sided_sum(k0, k1, m.D.reshape(-1), u)
+    y = two_sided_sum(k0, k1, m.D.reshape(-1), u)
     want = F.glu(m.out_proj(F.gelu(y.transpose(1, 2))), dim=-1)
     torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-10)
 

@@ -9,6 +9,7 @@ from mmseq.kernels import fft_conv_ref
 from mmseq.mixers import create_mixer
 from mmseq.mixers.base import stream
 from mmseq.mixers.s4d import s4d_init_imag
+from tests.mixers._conv_ref import two_sided_sum
 
 
 def _mixer(causal=True, **kw):
@@ -76,13 +77,7 @@ def test_bidirectional_matches_two_sided_sum():
     x = torch.randn(B, L, H, dtype=torch.float64)
     k0, k1 = m.kernel(L)
     u = x.transpose(1, 2)
-    y = u * m.D[:, None]
-    for t in range(L):
-        for s in range(L):
-            if s <= t:
-                y[..., t] = y[..., t] + k0[:, t - s] * u[..., s]
-            else:
-                y[..., t] = y[..., t] + k1[:, s - t - 1] * u[..., s]
+    y = two_sided_sum(k0, k1, m.D, u)
     want = m.out_proj(torch.nn.functional.gelu(y.transpose(1, 2)))
     torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-10)
     with pytest.raises(NotImplementedError):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from mmseq.mixers import create_mixer
 from mmseq.mixers.base import stream
 from mmseq.mixers.sgconv import sgconv_kernel, sgconv_n_scales
+from tests.mixers._conv_ref import two_sided_sum
 
 
 def _mixer(causal=True, **kw):
@@ -76,13 +77,7 @@ def test_bidirectional_equals_two_sided_sum():
     x = torch.randn(B, L, 5, dtype=torch.float64)
     k0, k1 = m.kernel(L)  # [C*H, L] each
     u = x.transpose(1, 2).repeat(1, 2, 1)
-    y = u * m.D.reshape(-1)[:, None]
-    for t in range(L):
-        for s in range(L):
-            if s <= t:
-                y[..., t] = y[..., t] + k0[:, t - s] * u[..., s]
-            else:
-                y[..., t] = y[..., t] + k1[:, s - t - 1] * u[..., s]
+    y = two_sided_sum(k0, k1, m.D.reshape(-1), u)
     want = m.out_proj(F.gelu(y.transpose(1, 2)))
     torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-10)
 
