@@ -160,7 +160,7 @@ MUTATIONS: list[Mutation] = [
       ("tests/runner/test_pretrained.py", "-k", "atomic")),
     M("checkpoint: paths of a copied run not moved", "mmseq/runner/checkpoint.py",
       "            relocate_checkpoint_paths(checkpoint, self.relocate_to)", "            pass",
-      ("tests/runner/test_resume.py", "-k", "kill")),
+      ("tests/runner/test_resume.py", "-k", "copied")),
     M("csv log: rows past the checkpoint kept on resume", "mmseq/runner/logs.py",
       "int(float(r[\"step\"])) < limit]", "int(float(r[\"step\"])) < limit + 10**9]",
       ("tests/runner/test_resume.py", "-k", "kill")),

@@ -114,3 +114,25 @@ def test_resume_refuses_model_overrides(tmp_path, tiny_mqar, run_cli):
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli("train", "--resume", "run", "model.d_model=64", cwd=tmp_path)
     assert r.returncode == 2 and "trainer.*" in r.stderr
+
+
+def test_a_copied_run_keeps_its_best_checkpoint_record(tmp_path, tiny_mqar, run_cli):
+    """The best-model record (score, path) survives a copy: otherwise a resumed copy would forget a best score
+    reached before the copy and overwrite best.ckpt with a worse one."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mmseq.runner.checkpoint import SafeCheckpointIO
+
+    r = run_cli("train", str(tiny_mqar), "trainer.max_steps=20", "--run-dir", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "run")  # moved, not copied: the old paths now point nowhere
+    ckpt_dir = (tmp_path / "copy" / "checkpoints").resolve()
+    state = SafeCheckpointIO(relocate_to=ckpt_dir).load_checkpoint(ckpt_dir / "last.ckpt")
+    (key, saved), = [(k, v) for k, v in state["callbacks"].items() if "val/acc" in k]
+    assert saved["dirpath"] == str(ckpt_dir) and saved["best_model_path"] == str(ckpt_dir / "best.ckpt")
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max", save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    best.load_state_dict(saved)
+    assert best.best_model_path == str(ckpt_dir / "best.ckpt")
+    assert best.best_model_score is not None and float(best.best_model_score) == float(saved["best_model_score"])
