@@ -45,6 +45,16 @@ def test_a_model_built_directly_saves_and_loads_itself(tmp_path):
     assert torch.equal(model(x), loaded(x))
 
 
+def test_a_subclass_records_its_own_arguments():
+    class Wide(SequenceLM):
+        def __init__(self, width: int = 24) -> None:
+            super().__init__(vocab_size=10, d_model=width, n_layers=1)
+
+    model = Wide(width=16)
+    assert model.init_args == {"width": 16}  # what rebuilds a Wide, not the arguments Wide passed on
+    assert model.export_config()["class"].endswith("Wide")
+
+
 def test_from_pretrained_checks_the_class(tmp_path):
     from mmseq.audio.model import AudioClassifier
 

@@ -99,6 +99,10 @@ def test_finished_run_is_left_alone_and_extends_by_appending(tmp_path, tiny_mqar
     kept = [row for row in rows_before if int(dict(row)["step"]) < 20]
     assert kept and set(kept) <= set(rows_after)  # the first 20 steps' rows survive the extension
     assert max(int(dict(row)["step"]) for row in rows_after) == 30
+    # The finished run's closing evaluation (logged after its last checkpoint) is not carried into the longer run.
+    early_test = [row for row in rows_after if any(k.startswith("test/") for k, _ in row) and
+                  int(dict(row)["step"]) < 30]
+    assert not early_test, early_test
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 30
 
 
