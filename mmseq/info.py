@@ -51,11 +51,19 @@ def collect_info() -> dict:
         "triton_interpret": triton_interpret(),
         "default_kernel_path": "triton" if cuda and triton_importable() else "torch",
         "kernel_paths": ops,
+        "kernel_fallbacks": _fallbacks(),
     }
 
 
+def _fallbacks() -> dict[str, str]:
+    """Ops whose default Triton path failed in this process and now run on torch (op -> error)."""
+    from mmseq.kernels import fallbacks
+
+    return dict(fallbacks())
+
+
 CORE_KEYS = ("mmseq", "python", "platform", "versions", "cpu_threads", "cpu_count", "cuda", "cuda_devices",
-             "triton_importable", "triton_interpret", "default_kernel_path", "kernel_paths")
+             "triton_importable", "triton_interpret", "default_kernel_path", "kernel_paths", "kernel_fallbacks")
 
 
 def format_info(info: dict) -> str:
@@ -68,6 +76,8 @@ def format_info(info: dict) -> str:
     lines.append(f"kernel paths (default: {info['default_kernel_path']}):")
     for op, paths in info["kernel_paths"].items():
         lines.append(f"  {op:16s} {', '.join(paths) if paths else 'not built yet'}")
+    for op, error in info.get("kernel_fallbacks", {}).items():
+        lines.append(f"  {op:16s} fell back to torch in this process: {error}")
     for key, value in info.items():  # what the domains add (e.g. audio's speech engines)
         if key in CORE_KEYS:
             continue

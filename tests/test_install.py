@@ -56,3 +56,15 @@ def test_every_package_is_listed_in_pyproject(repo_root):
 def test_unknown_verb_and_bad_args_fail(tmp_path, run_cli):
     r = run_cli("frobnicate", cwd=tmp_path)
     assert r.returncode != 0
+
+
+def test_info_lists_kernels_that_fell_back(monkeypatch):
+    import mmseq.kernels._dispatch as dispatch
+
+    from mmseq.info import collect_info, format_info
+
+    assert collect_info()["kernel_fallbacks"] == {}
+    monkeypatch.setitem(dispatch._FAILED, "attention", "RuntimeError: no kernel image")
+    info = collect_info()
+    assert info["kernel_fallbacks"] == {"attention": "RuntimeError: no kernel image"}
+    assert "attention        fell back to torch in this process: RuntimeError: no kernel image" in format_info(info)
