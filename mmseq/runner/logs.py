@@ -2,7 +2,7 @@
 
 Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts. Here a resumed run keeps the rows
 logged before the checkpoint it resumes from and drops the later ones (that work is redone), so a killed and
-resumed run's log equals an uninterrupted run's. Rows are flushed whenever a checkpoint is written, so no
+resumed run's log equals an uninterrupted run's. Every row is written to disk as soon as it is logged, so no
 row a checkpoint covers can be lost in a crash.
 """
 
@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -23,6 +24,13 @@ class _KeepingWriter(ExperimentWriter):
     def __init__(self, log_dir: str, keep_before_step: int | None) -> None:
         self.keep_before_step = keep_before_step  # read by _check_log_dir_exists, which the base __init__ calls
         super().__init__(log_dir=log_dir)
+
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        # Write each row as it is logged. Lightning logs a step's rows after that step's checkpoint is saved, so
+        # rows held in memory until the next flush would be lost by a kill in between, and a resumed run does
+        # not log them again.
+        super().log_metrics(metrics_dict, step)
+        self.save()
 
     def _check_log_dir_exists(self) -> None:
         path = Path(self.metrics_file_path)
@@ -75,3 +83,26 @@ class FlushLogsOnCheckpoint(pl.Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         for logger in trainer.loggers:
             logger.save()
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every N steps, but at a step that is also validated, only after that validation.
+
+    Lightning saves a step's checkpoint before the validation that follows the same step; a run killed during
+    that validation would resume after it and never log it (nor weigh it for best.ckpt). Saving the
+    validated step's checkpoint once its validation has been logged closes that gap.
+    """
+
+    def __init__(self, *, val_every_n_batches: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.val_every_n_batches = max(1, val_every_n_batches)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.val_every_n_batches == 0 and trainer.global_step < trainer.max_steps:
+            return  # saved in on_validation_end, after this step's validation
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -21,7 +21,7 @@ from mmseq.errors import ConfigError, UserError
 from .callbacks import RNGState, Throughput
 from .checkpoint import SafeCheckpointIO, safe_torch_load
 from .config import dump_yaml, read_yaml, to_dict
-from .logs import FlushLogsOnCheckpoint, ResumableCSVLogger
+from .logs import FlushLogsOnCheckpoint, LastCheckpoint, ResumableCSVLogger
 from .pretrained import from_pretrained, save_pretrained
 from .task import Task, load_task, load_task_file
 
@@ -52,9 +52,9 @@ def build_trainer(task: Task, run_dir: Path, *, for_fit: bool = True,
     loggers = []
     ckpt_dir = _checkpoint_dir(run_dir).resolve()
     if for_fit:
-        callbacks["last"] = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
-                                            every_n_train_steps=t.checkpoint_every_n_steps,
-                                            enable_version_counter=False)
+        callbacks["last"] = LastCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
+                                           every_n_train_steps=t.checkpoint_every_n_steps,
+                                           enable_version_counter=False, val_every_n_batches=t.val_check_interval)
         callbacks["best"] = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor,
                                             mode=task.monitor_mode, save_top_k=1, auto_insert_metric_name=False,
                                             enable_version_counter=False)
@@ -131,6 +131,9 @@ def train(config: str | Path | None = None, overrides: list[str] | None = None, 
         if bad:
             raise UserError(f"--resume accepts only trainer.* overrides (the model and data are fixed), got {bad[0]!r}")
         task = load_task(read_yaml(config_file), overrides, source=str(config_file))
+        # A run killed while writing a checkpoint leaves its temporary file (never the checkpoint itself).
+        for stale in _checkpoint_dir(run_dir).glob(".*.ckpt.*.tmp"):
+            stale.unlink(missing_ok=True)
         ckpt_path: Path | None = last
         resume_step = int(safe_torch_load(last).get("global_step", 0))
         if resume_step >= task.cfg.trainer.max_steps and (run_dir / "metrics.json").is_file():
