@@ -17,8 +17,6 @@ no half-written file).
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from mmseq.errors import UserError
+from mmseq.runner.pretrained import atomic_write
 
 from .io import CTPreprocess, CTVolume, load_ct, preprocess, save_ct, unwindow
 
@@ -65,15 +64,7 @@ class CTTokens:
                 "source_axcodes": "".join(self.source_axcodes), "hu_min": repr(self.hu_min),
                 "hu_max": repr(self.hu_max), "token_bits": str(self.token_bits), "tokenizer": self.tokenizer,
                 "source": self.source}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a token file is readable like any file
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
         return path
 
     @classmethod
@@ -105,12 +96,6 @@ class CTTokens:
         from .lfq import indices_to_codes
 
         return indices_to_codes(self.ids[None], self.token_bits, torch.float32)[0]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _join(values: Iterable) -> str:
@@ -226,11 +211,12 @@ def tokenize_many(tokenizer, inputs: list[Path | VolumeSource], out_dir: str | P
             except UserError as e:
                 status, failed = f"error: {e}", failed + 1
         rows.append({"source": str(path), "tokens": target.name if status == "ok" else "", "status": status})
-    fd, tmp = tempfile.mkstemp(prefix=f".{INDEX}.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["source", "tokens", "status"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out_dir / INDEX)
+    def write_index(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["source", "tokens", "status"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(out_dir / INDEX, write_index)
     return {"volumes": len(inputs), "tokenized": len(inputs) - done - failed, "skipped_existing": done,
             "failed": failed, "index": str(out_dir / INDEX)}

@@ -13,7 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -75,14 +74,6 @@ class ResumableCSVLogger(CSVLogger):
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeepingWriter(self.log_dir, self.resume_step)
         return self._experiment
-
-
-class FlushLogsOnCheckpoint(pl.Callback):
-    """Write buffered log rows whenever a checkpoint is saved, so a crash loses no row the checkpoint covers."""
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        for logger in trainer.loggers:
-            logger.save()
 
 
 class LastCheckpoint(ModelCheckpoint):

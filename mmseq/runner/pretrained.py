@@ -119,10 +119,10 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage; clone so tied weights export as two copies.
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt",
+    atomic_write(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt",
                                                                                   "class": config["class"]}))
     text = yaml.safe_dump(config, sort_keys=False)
-    _atomic_write(directory / CONFIG, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(directory / CONFIG, lambda tmp: Path(tmp).write_text(text))
     return directory
 
 
@@ -132,7 +132,9 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``: a crash
+    leaves the old file or the new one, never a partial one. The file gets the usual umask permissions."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

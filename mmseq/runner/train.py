@@ -21,7 +21,7 @@ from mmseq.errors import ConfigError, UserError
 from .callbacks import RNGState, Throughput
 from .checkpoint import SafeCheckpointIO, safe_torch_load
 from .config import dump_yaml, read_yaml, to_dict
-from .logs import FlushLogsOnCheckpoint, LastCheckpoint, ResumableCSVLogger
+from .logs import LastCheckpoint, ResumableCSVLogger
 from .pretrained import from_pretrained, save_pretrained
 from .task import Task, load_task, load_task_file
 
@@ -61,7 +61,6 @@ def build_trainer(task: Task, run_dir: Path, *, for_fit: bool = True,
         callbacks["rng"] = RNGState()
         callbacks["throughput"] = Throughput(t.log_every_n_steps)
         callbacks["lr"] = LearningRateMonitor(logging_interval="step")
-        callbacks["flush"] = FlushLogsOnCheckpoint()
         loggers.append(ResumableCSVLogger(save_dir=str(run_dir), name="logs", version="", resume_step=resume_step))
         if t.tensorboard:
             loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
