@@ -25,15 +25,16 @@ def path_field(default: str | None = None, must_exist: bool = True) -> Any:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then a cosine/linear/constant schedule (a pure function of the step)."""
+    """AdamW with linear warm-up then a cosine/linear/poly/constant schedule (a pure function of the step)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | linear | constant
-    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio for cosine/linear
+    schedule: str = "cosine"  # cosine | linear | poly | constant
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio for cosine/linear/poly
+    poly_power: float = 0.9  # poly: lr falls as (1 - t) ** poly_power (mmseg's PolyLR)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class TrainerConfig:
     num_workers: int = 0
 
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "poly", "constant")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 

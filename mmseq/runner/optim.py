@@ -34,6 +34,8 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
     floor = cfg.min_lr_ratio
     if cfg.schedule == "linear":
         return floor + (1 - floor) * (1 - t)
+    if cfg.schedule == "poly":
+        return floor + (1 - floor) * (1 - t) ** cfg.poly_power
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 

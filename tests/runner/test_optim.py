@@ -45,7 +45,7 @@ def test_param_groups_honour_the_mixers_no_weight_decay_flags():
 
 def _closed_form(step, schedule, warmup, max_steps, floor):
     """Warm-up (s + 1) / W for s < W; then progress t = (s - W) / (T - W), capped at 1, and
-    constant 1, linear floor + (1 - floor)(1 - t), or cosine floor + (1 - floor)(1 + cos(pi t)) / 2."""
+    constant 1, linear floor + (1 - floor)(1 - t), poly floor + (1 - floor)(1 - t)^0.9, or cosine floor + (1 - floor)(1 + cos(pi t)) / 2."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
@@ -53,10 +53,12 @@ def _closed_form(step, schedule, warmup, max_steps, floor):
     t = min(1.0, (step - warmup) / (max_steps - warmup))
     if schedule == "linear":
         return floor + (1 - floor) * (1 - t)
+    if schedule == "poly":
+        return floor + (1 - floor) * (1 - t) ** 0.9
     return floor + (1 - floor) * (1 + math.cos(math.pi * t)) / 2
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "poly", "constant"])
 @pytest.mark.parametrize("warmup,floor", [(0, 0.0), (4, 0.1), (10, 0.25)])
 def test_lr_factor_follows_the_closed_form(schedule, warmup, floor):
     cfg = OptimConfig(warmup_steps=warmup, schedule=schedule, min_lr_ratio=floor)
