@@ -87,6 +87,21 @@ def test_official_size_parameter_count():
     assert 26.5e6 < n < 27.0e6  # ~26.8M computed from the official code
 
 
+def test_fully_masked_queries_attend_everywhere():
+    head = LightMaskHead(**TINY)
+    dec = head.decoder
+    with torch.no_grad():
+        dec.mask_embed.layers[-1].weight.zero_()
+        dec.mask_embed.layers[-1].bias.fill_(1.0)
+    q = torch.randn(2, K, 32)
+    mask_features = -torch.ones(2, 32, 8, 8)
+    mask_features[1, :, :2, :2] = 1.0  # image 1: every query's mask is positive on a 2x2 corner only
+    _, masks, attn = dec._predict(q, mask_features, (4, 4))
+    assert masks.shape == (2, K, 8, 8) and attn.shape == (2 * 2, K, 16) and attn.dtype == torch.bool
+    assert not attn[:2].any()  # image 0: masked everywhere -> unmasked
+    assert (attn[2:].sum(-1) == 15).all()  # image 1: only the corner cell of the 4x4 level is attended
+
+
 def test_semantic_scores_against_loop():
     g = torch.Generator().manual_seed(0)
     out = {"pred_logits": torch.randn(2, K, K + 1, generator=g), "pred_masks": torch.randn(2, K, 3, 4, generator=g)}
