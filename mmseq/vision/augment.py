@@ -24,8 +24,11 @@ __all__ = [
     "photometric_distortion",
     "random_crop",
     "rescale_size",
+    "nearest_indices",
     "resize",
     "resize_keep_ratio",
+    "resize_label",
+    "resize_region",
     "rgb_to_hsv",
 ]
 
@@ -63,8 +66,53 @@ def resize(image: torch.Tensor | None, label: torch.Tensor | None, size: tuple[i
         x = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
         image = x.round_().clamp_(0, 255).to(torch.uint8)
     if label is not None and tuple(label.shape[-2:]) != size:
-        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].to(torch.uint8)
+        label = resize_label(label, size)
     return image, label
+
+
+def nearest_indices(in_size: int, out_size: int) -> torch.Tensor:
+    """Source index of each output pixel of a nearest resize, computed as torch's "nearest" mode does
+    (floor(dst * in / out) in float32), so gathering with it equals ``F.interpolate(mode="nearest")``."""
+    if in_size == out_size:
+        return torch.arange(out_size)
+    scale = torch.tensor(float(in_size), dtype=torch.float32) / out_size
+    idx = torch.floor(torch.arange(out_size, dtype=torch.float32) * scale).long()
+    return idx.clamp_(max=in_size - 1)
+
+
+def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest resize of a uint8 label [H, W] to ``size`` (h, w) by index gathering (no float copy)."""
+    h, w = label.shape[-2:]
+    rows, cols = nearest_indices(h, int(size[0])), nearest_indices(w, int(size[1]))
+    return label[rows][:, cols]
+
+
+def _linear_taps(in_size: int, out_size: int, start: int, stop: int):
+    """Bilinear (align_corners=False) source taps of output pixels start..stop-1, as torch computes them."""
+    scale = torch.tensor(float(in_size), dtype=torch.float32) / out_size
+    src = (scale * (torch.arange(start, stop, dtype=torch.float32) + 0.5) - 0.5).clamp_(min=0)
+    i0 = src.long().clamp_(max=in_size - 1)
+    i1 = (i0 + 1).clamp_(max=in_size - 1)
+    frac = (src - i0.float()).clamp_(0, 1)
+    return i0, i1, frac
+
+
+def resize_region(image: torch.Tensor, size: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+    """``resize(image, None, size)`` cropped to ``box`` (top, bottom, left, right), computed for the box only.
+
+    The bilinear taps are those of the full resize, so this equals resizing the whole image and cropping
+    (up to float rounding: at most 1 grey level), at the cost of the crop rather than of the full image.
+    """
+    h, w = image.shape[-2:]
+    top, bottom, left, right = box
+    if (h, w) == (int(size[0]), int(size[1])):
+        return image[:, top:bottom, left:right]
+    y0, y1, fy = _linear_taps(h, int(size[0]), top, bottom)
+    x0, x1, fx = _linear_taps(w, int(size[1]), left, right)
+    img = image.float()
+    rows = img[:, y0] * (1 - fy)[:, None] + img[:, y1] * fy[:, None]  # [3, crop_h, W]
+    out = rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def resize_keep_ratio(image: torch.Tensor, label: torch.Tensor | None = None,
@@ -207,16 +255,16 @@ class SegAugment:
                              f"{tuple(label.shape)}")
         image, label = image.to(torch.uint8), label.to(torch.uint8)
         h, w = label.shape
-        # 1. random rescale (mmseg Resize, ratio_range, keep_ratio)
+        # 1. random rescale (mmseg Resize, ratio_range, keep_ratio); the image is resized for the crop only
+        size = (h, w)
         if self.scale_range is not None:
             ratio = _uniform(generator, *self.scale_range)
             base_w, base_h = self.base_size if self.base_size is not None else (w, h)
-            scale = (int(base_w * ratio), int(base_h * ratio))
-            image, label = resize(image, label, rescale_size(h, w, scale))
+            size = rescale_size(h, w, (int(base_w * ratio), int(base_h * ratio)))
+            label = resize_label(label, size)
         # 2. random crop, redrawn while one class dominates
-        top, bottom, left, right = random_crop(label, self.crop_size, generator, self.cat_max_ratio,
-                                               self.ignore_index)
-        image, label = image[:, top:bottom, left:right], label[top:bottom, left:right]
+        box = random_crop(label, self.crop_size, generator, self.cat_max_ratio, self.ignore_index)
+        image, label = resize_region(image, size, box), label[box[0]:box[1], box[2]:box[3]]
         # 3. horizontal flip
         if _rand(generator) < self.flip:
             image, label = image.flip(-1), label.flip(-1)

@@ -158,7 +158,7 @@ def read_label(path: str | Path, table: dict[int, int] | np.ndarray | None = Non
     elif im.mode in ("PA", "LA"):
         ids = np.array(im.getchannel(0))
     elif im.mode == "1":
-        ids = np.array(im.convert("L"))
+        ids = np.array(im).astype(np.uint8)
     else:
         raise UserError(f"{path}: a {im.mode} label image; expected one channel of ids (a palette or grayscale "
                         f"PNG), not colours")
@@ -430,15 +430,12 @@ class BDD100K(SegmentationFolder):
 
     def __init__(self, root: str | Path, split: str = "train"):
         split = {"validation": "val", "training": "train"}.get(split, split)
-        root = Path(root).expanduser()
-        if not (root / "images").exists() and (root / "seg" / "images").is_dir():
-            root = root / "seg"
-        if (root / "images" / split).is_dir() and (root / "labels" / split).is_dir():  # the older seg/ release
-            self.root = root
-            image_dir, label_dirs = root / "images" / split, [root / "labels" / split]
-            suffixes = ("_train_id.png", ".png")
+        self.root = _locate(root, "images", ("bdd100k", "BDD100K", "seg", "bdd100k/seg"), self.LAYOUT)
+        if not (self.root / "images" / "10k").is_dir() and (self.root / "labels" / split).is_dir():
+            # the older seg/ release: seg/images/<split>/<stem>.jpg + seg/labels/<split>/<stem>_train_id.png
+            image_dir = _need_dir(self.root / "images" / split, self.LAYOUT)
+            label_dirs, suffixes = [self.root / "labels" / split], ("_train_id.png", ".png")
         else:
-            self.root = _locate(root, "images", ("bdd100k", "BDD100K", "bdd100k/seg"), self.LAYOUT)
             image_dir = _need_dir(self.root / "images" / "10k" / split, self.LAYOUT)
             sem = self.root / "labels" / "sem_seg"
             label_dirs = [d for d in (sem / "masks" / split, sem / "colormaps" / split) if d.is_dir()]

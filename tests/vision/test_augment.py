@@ -13,6 +13,8 @@ from mmseq.vision.augment import (
     rescale_size,
     resize,
     resize_keep_ratio,
+    resize_label,
+    resize_region,
     rgb_to_hsv,
 )
 
@@ -127,6 +129,18 @@ def test_resize_nearest_keeps_ids():
     label = torch.tensor([[1, 2], [3, 4]], dtype=torch.uint8)
     _, up = resize(None, label, (4, 4))
     assert up.tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+
+
+@pytest.mark.parametrize("size", [(3, 5), (121, 161), (90, 31), (60, 80), (14, 18)])
+def test_region_and_label_resize_match_full_resize(size):
+    image, label = _sample(30, 40, seed=2)
+    full_img, _ = resize(image, None, size)
+    ref = torch.nn.functional.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0]
+    assert torch.equal(resize_label(label, size), ref.to(torch.uint8))
+    box = (size[0] // 4, size[0] // 4 + max(1, size[0] // 2), size[1] // 3, size[1] // 3 + max(1, size[1] // 2))
+    region = resize_region(image, size, box)
+    crop = full_img[:, box[0]:box[1], box[2]:box[3]]
+    assert region.shape == crop.shape and (region.int() - crop.int()).abs().max() <= 1
 
 
 def test_hsv_round_trip_matches_colorsys():

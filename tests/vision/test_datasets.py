@@ -187,6 +187,8 @@ def test_read_label_16bit_and_refusals(tmp_path):
     Image.fromarray(_rgb()).save(tmp_path / "colour.png")
     with pytest.raises(UserError, match="one channel"):
         read_label(tmp_path / "colour.png")
+    Image.fromarray(np.eye(4, dtype=bool)).save(tmp_path / "bits.png")
+    assert read_label(tmp_path / "bits.png").tolist() == np.eye(4, dtype=np.uint8).tolist()
     (tmp_path / "t.png").write_text("x")
     with pytest.raises(UserError, match="is not an image"):
         read_label(tmp_path / "t.png")
@@ -257,6 +259,17 @@ def test_gta5_palette_labels_and_splits(tmp_path):
         GTA5(root)
 
 
+def test_gta5_split_folders(tmp_path):
+    root = tmp_path / "data" / "gta"
+    for split, i in (("train", 1), ("train", 2), ("val", 3)):
+        _save_rgb(root / f"images/{split}/folder/{i:05d}.png", i)
+        _save_ids(root / f"labels/{split}/folder/{i:05d}.png", _ids_with({(0, 0): 26}, fill=7), palette=True)
+    ds = open_dataset("gta5", tmp_path / "data", "val")  # the folder above gta/ works too
+    assert [p.name for p, _ in ds.files] == ["00003.png"]
+    assert _check_item(ds, 0)[0, :2].tolist() == [13, 0]
+    assert len(GTA5(root, "train")) == 2 and len(GTA5(root)) == 3
+
+
 def test_synthia_16bit_labels(tmp_path):
     root = tmp_path / "RAND_CITYSCAPES"
     img = _save_rgb(root / "RGB/0000000.png", 5)
@@ -270,6 +283,11 @@ def test_synthia_16bit_labels(tmp_path):
     lbl = _check_item(ds, 0, img)
     assert lbl[0, 0] == 0 and lbl[0, 1] == 255 and lbl[2, 3] == 13
     assert open_dataset("synthia", root).files == ds.files
+    (root / "synthia_split_val.txt").write_text("0000001.png\n")
+    _save_rgb(root / "RGB/0000001.png", 6)
+    _png16(root / "GT/LABELS/0000001.png", lab)
+    assert [p.name for p, _ in Synthia(root, "val").files] == ["0000001.png"]
+    assert len(Synthia(root)) == 2
 
 
 def test_bdd100k_masks_and_colormaps(tmp_path):
@@ -287,6 +305,14 @@ def test_bdd100k_masks_and_colormaps(tmp_path):
     assert b[1, 1] == 13 and b[0, 0] == 0  # palette indices, not colours
     with pytest.raises(UserError, match="images/10k/<split>"):
         BDD100K(root, "train")
+
+
+def test_bdd100k_older_seg_release(tmp_path):
+    root = tmp_path / "bdd100k" / "seg"
+    _save_rgb(root / "images/train/c.png", 3)
+    _save_ids(root / "labels/train/c_train_id.png", _ids_with({(2, 2): 18}, fill=255))
+    ds = BDD100K(tmp_path / "bdd100k", "train")
+    assert _check_item(ds, 0)[2, 2] == 18
 
 
 def test_mapillary_v12_and_train_ids(tmp_path):
