@@ -97,24 +97,22 @@ def read_image(path: str | Path) -> np.ndarray:
     the rest go through PIL's RGB conversion. A missing, empty, truncated or non-image file raises UserError.
     """
     path = Path(path)
-    im = _open(path, _IMAGE_KINDS)
-    try:
-        im = ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable image unreadable
-        pass
-    try:
-        if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-            a = np.asarray(im).astype(np.float64)
-            lo, hi = float(a.min()), float(a.max())
-            if hi > lo:
-                a = (a - lo) * (255.0 / (hi - lo))
-            g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-            return np.repeat(g[..., None], 3, axis=2)
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        out = np.array(im, dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot convert its {im.mode} pixels to RGB: {_one_line(exc)}") from None
+    with _open(path, _IMAGE_KINDS) as opened:
+        try:
+            im = ImageOps.exif_transpose(opened)
+        except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable image unreadable
+            im = opened
+        try:
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                a = np.nan_to_num(np.asarray(im).astype(np.float64))
+                lo, hi = float(a.min()), float(a.max())
+                if hi > lo:
+                    a = (a - lo) * (255.0 / (hi - lo))
+                g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+                return np.repeat(g[..., None], 3, axis=2)
+            out = np.array(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: cannot convert its {im.mode} pixels to RGB: {_one_line(exc)}") from None
     if out.ndim != 3 or out.shape[2] != 3:
         raise UserError(f"{path}: decoded to shape {out.shape}, expected [H, W, 3]")
     return np.ascontiguousarray(out)
@@ -152,16 +150,16 @@ def read_label(path: str | Path, table: dict[int, int] | np.ndarray | None = Non
     ("I;16") and 32-bit ("I") grayscale are read as is. A colour (RGB) label is refused: it has no ids.
     """
     path = Path(path)
-    im = _open(path, "a single-channel PNG of label ids")
-    if im.mode in ("P", "L", "I", "F") or im.mode.startswith("I;16"):
-        ids = np.array(im)
-    elif im.mode in ("PA", "LA"):
-        ids = np.array(im.getchannel(0))
-    elif im.mode == "1":
-        ids = np.array(im).astype(np.uint8)
-    else:
-        raise UserError(f"{path}: a {im.mode} label image; expected one channel of ids (a palette or grayscale "
-                        f"PNG), not colours")
+    with _open(path, "a single-channel PNG of label ids") as im:
+        if im.mode in ("P", "L", "I", "F") or im.mode.startswith("I;16"):
+            ids = np.array(im)
+        elif im.mode in ("PA", "LA"):
+            ids = np.array(im.getchannel(0))
+        elif im.mode == "1":
+            ids = np.array(im).astype(np.uint8)
+        else:
+            raise UserError(f"{path}: a {im.mode} label image; expected one channel of ids (a palette or "
+                            f"grayscale PNG), not colours")
     if ids.dtype.kind == "f":
         ids = np.rint(ids).astype(np.int64)
     return map_ids(ids, table, path)
