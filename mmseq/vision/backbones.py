@@ -118,6 +118,8 @@ class ViTTower(nn.Module):
         h, w = images.shape[-2] // p, images.shape[-1] // p
         # the rows/columns past the last whole patch are not seen (as with a stride-p conv): 512 px -> 36 * 14
         x = self.normalize(images[..., : h * p, : w * p])
+        conv = self.net.conv1 if self._openclip else self._trunk.patch_embed.proj
+        x = x.to(conv.weight.dtype)  # a half-precision tower takes float images
         if self._openclip:
             return self._embed_openclip(x)
         trunk = self._trunk
@@ -333,6 +335,8 @@ def build_clip(model_name: str = "EVA02-L-14-336", weights: str | None = None, i
     vision_cfg, text_cfg, custom_text, quick_gelu) used instead of the named one; for a timm trunk,
     ``vision_cfg.timm_model_kwargs`` holds timm arguments for it (e.g. a small depth/embed_dim). The image
     size is ``img_size``. weights: see the module docstring; None starts from random initialisation (warned).
+    OpenAI's weights need QuickGELU: their TorchScript release switches it on by itself; for an open_clip
+    state dict of them use a ``-quickgelu`` config (``ViT-L-14-336-quickgelu``) or ``quick_gelu: true``.
     """
     import open_clip
     from open_clip.model import CLIP, CustomTextCLIP

@@ -385,3 +385,32 @@ def test_wrong_shapes_and_keys_are_one_line_errors(tmp_path):
     torch.save([1, 2], notdict)
     with pytest.raises(UserError, match="state dict"):
         dino(weights=str(notdict))
+
+
+def test_patch_kernel_resampled_to_another_patch_size(tmp_path):
+    """MFuser's CLIP variant runs both towers with patch 16 from patch-14 releases."""
+    from open_clip.model import CLIP
+
+    src = dino()
+    path = tmp_path / "dinov2_vitl14_pretrain.pth"
+    torch.save(official_dinov2_state(src), path)
+    tower = quiet(build_dinov2, weights=str(path), img_size=64, patch_size=16, **DINO)
+    assert tower.patch_size == 16 and tower.net.patch_embed.proj.weight.shape[-2:] == (16, 16)
+    assert tower.embed(images(64, 64))[1] == (4, 4)
+
+    oc = CLIP(**VIT_CFG)
+    path = tmp_path / "clip.pt"
+    torch.save(oc.state_dict(), path)
+    cfg = {**VIT_CFG, "vision_cfg": {**VIT_CFG["vision_cfg"], "patch_size": 16}}
+    model = clip(cfg, img_size=64, weights=str(path))
+    assert model.visual.patch_size == 16 and model.visual.net.conv1.weight.shape[-2:] == (16, 16)
+    assert model.project(run(model.visual, images(64, 64))).shape == (2, 17, 24)
+
+
+def test_unknown_model_names_are_config_errors():
+    from mmseq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown open_clip model"):
+        build_clip("No-Such-Model")
+    with pytest.raises(ConfigError, match="cannot build timm model"):
+        build_dinov2("no_such_timm_model")
