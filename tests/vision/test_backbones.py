@@ -414,3 +414,22 @@ def test_unknown_model_names_are_config_errors():
         build_clip("No-Such-Model")
     with pytest.raises(ConfigError, match="cannot build timm model"):
         build_dinov2("no_such_timm_model")
+
+
+def test_eva_rope_is_eva_clips_interpolated_rope():
+    """EVA-CLIP builds its RoPE for the pretraining grid (16) and interpolates the frequencies to the run grid
+    (intp_freq): t = arange(g) / g * 16. The tower's rotary embedding for a grid is that one."""
+    from timm.layers.pos_embed_sincos import apply_rot_embed_cat
+
+    tower = clip(EVA_CFG).visual
+    head_dim = 48 // 2
+    dim = head_dim // 2
+    for g in (4, 6):
+        freqs = 1.0 / (10000 ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
+        t = torch.arange(g) / g * 16
+        f = torch.einsum("i,f->if", t, freqs).repeat_interleave(2, -1)
+        f = torch.cat([f[:, None, :].expand(g, g, -1), f[None, :, :].expand(g, g, -1)], -1).reshape(g * g, -1)
+        q = torch.randn(1, 2, g * g, head_dim)
+        pairs = q.view(*q.shape[:-1], -1, 2)
+        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2)
+        torch.testing.assert_close(apply_rot_embed_cat(q, tower._rope((g, g))), q * f.cos() + rotated * f.sin())
