@@ -25,12 +25,14 @@ BUILTIN_TASKS = {
     "keywords": "mmseq.audio.tasks",
     "ct-tokenizer": "mmseq.medical.tasks",
     "ct-report": "mmseq.medical.tasks",
+    "segmentation": "mmseq.vision.tasks",
 }
 
 BUILTIN_COMMANDS = {
     "synthetic": "mmseq.synthetic.cli",
     "audio": "mmseq.audio.cli",
     "medical": "mmseq.medical.cli",
+    "vision": "mmseq.vision.cli",
 }
 
 
