@@ -66,15 +66,15 @@ TRAIN_CITIES = 3  # train scenes go round-robin to <domain>0..2, val scenes to <
 (M_SKY, M_ASPHALT, M_PAINT, M_PAVING, M_CURB, M_GRASS, M_FOLIAGE, M_BARK, M_BRICK, M_PLASTER, M_CONCRETE,
  M_WINDOW, M_SHOP, M_FENCE, M_MESH, M_METAL, M_LAMP, M_BODY, M_GLASS, M_TIRE, M_TAIL, M_HEAD, M_SKIN, M_TOP,
  M_BOTTOM, M_DARK, M_SIGN, M_SIGN2, M_TL_BOX, M_TL_OFF, M_TL_RED, M_TL_AMBER, M_TL_GREEN, M_MISC, M_EGO,
- M_BUSBODY) = range(36)
-N_MAT = 36
-GROUND_MATS = (M_ASPHALT, M_PAINT, M_PAVING, M_CURB, M_GRASS)
+ M_BUSBODY, M_PAINT_Y) = range(37)
+N_MAT = 37
+GROUND_MATS = (M_ASPHALT, M_PAINT, M_PAINT_Y, M_PAVING, M_CURB, M_GRASS)
 EMITTERS = (M_LAMP, M_TAIL, M_HEAD, M_TL_RED, M_TL_AMBER, M_TL_GREEN)
 
 # Synthetic domain: one saturated colour per train id (deliberately not the label palette), grey for ignore.
 SYNTHETIC_COLORS: tuple[tuple[int, int, int], ...] = (
     (120, 60, 200), (255, 90, 210), (235, 130, 40), (200, 200, 50), (230, 170, 110), (60, 70, 255),
-    (255, 220, 0), (255, 255, 60), (30, 210, 40), (160, 255, 90), (70, 190, 255), (255, 20, 70), (255, 80, 0),
+    (255, 190, 0), (255, 255, 150), (30, 210, 40), (160, 255, 90), (70, 190, 255), (255, 20, 70), (255, 80, 0),
     (20, 30, 240), (0, 200, 210), (0, 140, 130), (150, 0, 220), (220, 0, 255), (170, 20, 80),
 )
 SYNTHETIC_IGNORE = (128, 128, 128)
@@ -83,7 +83,8 @@ SYNTHETIC_IGNORE = (128, 128, 128)
 _REAL_COLORS: dict[int, list[tuple[int, int, int]]] = {
     M_SKY: [(135, 170, 215)],
     M_ASPHALT: [(88, 88, 92), (75, 74, 78), (100, 98, 96), (66, 68, 72)],
-    M_PAINT: [(225, 225, 218), (228, 226, 215), (232, 190, 60)],
+    M_PAINT: [(225, 225, 218), (228, 226, 215), (215, 215, 210)],
+    M_PAINT_Y: [(232, 190, 60), (225, 175, 50)],
     M_PAVING: [(165, 160, 152), (150, 148, 145), (178, 165, 150), (140, 130, 125), (120, 118, 118)],
     M_CURB: [(170, 168, 160), (150, 150, 148)],
     M_GRASS: [(95, 125, 55), (110, 130, 60), (80, 110, 50), (125, 130, 70)],
@@ -119,7 +120,7 @@ _REAL_COLORS: dict[int, list[tuple[int, int, int]]] = {
     M_TL_AMBER: [(255, 170, 20)],
     M_TL_GREEN: [(40, 255, 120)],
     M_MISC: [(60, 90, 60), (100, 100, 100), (130, 90, 40)],
-    M_EGO: [(20, 22, 25), (160, 160, 165)],
+    M_EGO: [(20, 22, 25), (60, 62, 68), (90, 20, 25)],
 }
 # Per-object brightness jitter (std of a multiplicative factor) per material; emitters and sky stay put.
 _JITTER = np.full(N_MAT, 0.08, dtype=np.float32)
@@ -161,7 +162,10 @@ class _Camera:
 
     def to_cam(self, P: np.ndarray) -> np.ndarray:
         """Street coordinates [N, 3] (X right, Y up, Z forward) -> camera coordinates (camera at the origin)."""
-        return np.stack([P[:, 0] + self.c0 + self.k * P[:, 2] ** 2, P[:, 1] - self.h, P[:, 2]], axis=1)
+        C = np.array(P, dtype=np.float64)
+        C[:, 0] += self.c0 + self.k * C[:, 2] ** 2
+        C[:, 1] -= self.h
+        return C
 
     def project(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Street coordinates [N, 3] (Z > 0) -> pixel coordinates x [N], y [N]."""
@@ -190,11 +194,9 @@ def _clip_near(P: np.ndarray) -> np.ndarray:
 
 def _newell(C: np.ndarray) -> np.ndarray:
     """Unit normal of a polygon [N, 3] (Newell's method; any winding)."""
-    a, b = C, np.roll(C, -1, axis=0)
-    n = np.array([np.sum((a[:, 1] - b[:, 1]) * (a[:, 2] + b[:, 2])),
-                  np.sum((a[:, 2] - b[:, 2]) * (a[:, 0] + b[:, 0])),
-                  np.sum((a[:, 0] - b[:, 0]) * (a[:, 1] + b[:, 1]))])
-    norm = float(np.linalg.norm(n))
+    b = np.concatenate((C[1:], C[:1]))
+    n = ((C - b)[:, [1, 2, 0]] * (C + b)[:, [2, 0, 1]]).sum(axis=0)
+    norm = math.sqrt(float(n @ n))
     return n / norm if norm > 1e-12 else np.array([0.0, 0.0, -1.0])
 
 
@@ -214,7 +216,7 @@ class _Scene:
     mat: np.ndarray  # [n] uint8 material
     obj: np.ndarray  # [n] int32 object id (parts of one car share it)
     nrm: np.ndarray  # [n, 3] float32 unit normal in camera coordinates, facing the camera
-    dep: np.ndarray  # [n, 3] float64: inverse depth 1/Z = a + b * x + c * y over the instance's pixels
+    dep: np.ndarray  # [n, 5] float64: 1/Z = a + b * x + c * y over the instance's pixels; Z's range (min, max)
     casters: list = field(default_factory=list)  # (footprint [N, 2] street X, Z; height m) for sun shadows
     blobs: list = field(default_factory=list)  # footprints [N, 2] darkened under cars (ambient occlusion)
     lamps: list = field(default_factory=list)  # street-lamp heads (X, Y, Z) for the night
@@ -234,7 +236,7 @@ class _Raster:
         self.draw = ImageDraw.Draw(self.img)
         self.cls, self.mat, self.obj = [SKY], [M_SKY], [0]
         self.nrm: list = [np.array([0.0, 0.0, -1.0])]
-        self.dep: list = [(0.0, 0.0, 0.0)]
+        self.dep: list = [(0.0, 0.0, 0.0, 1e4, 1e4)]
         self.n_obj = 1
 
     def _visible(self, x: np.ndarray, y: np.ndarray, pad: float = 0.0) -> bool:
@@ -252,20 +254,24 @@ class _Raster:
         P = _clip_near(P)
         if len(P) < 3:
             return
-        x, y = self.cam.project(P)
+        cam = self.cam
+        C = cam.to_cam(P)
+        iz = 1.0 / C[:, 2]
+        x = cam.cx + cam.f * C[:, 0] * iz
+        y = cam.yh - cam.f * C[:, 1] * iz
         if not self._visible(x, y):
             return
-        C = self.cam.to_cam(P)
         n = _newell(C)
-        if float(n @ C.mean(axis=0)) > 0:  # face the camera: it is the side we see
-            n = -n
-        iz = 1.0 / C[:, 2]
-        if x.max() - x.min() < 2 and y.max() - y.min() < 2:
+        c = C.mean(axis=0)
+        dd = float(n @ c)
+        if dd > 0:  # face the camera: it is the side we see
+            n, dd = -n, -dd
+        if -dd < 1e-3 * math.sqrt(float(c @ c)):  # seen edge-on: a sliver, one depth will do
             dep = (float(iz.mean()), 0.0, 0.0)
-        else:
-            A = np.stack([np.ones_like(x), x, y], axis=1)
-            dep = tuple(float(v) for v in np.linalg.lstsq(A, iz, rcond=None)[0])
-        i = self._add(cls, mat, obj, n, dep)
+        else:  # the plane n.P = dd gives 1/Z exactly as an affine function of the pixel (x, y)
+            f = cam.f
+            dep = ((n[2] - n[0] * cam.cx / f + n[1] * cam.yh / f) / dd, n[0] / (f * dd), -n[1] / (f * dd))
+        i = self._add(cls, mat, obj, n, (*dep, float(C[:, 2].min()), float(C[:, 2].max())))
         self.draw.polygon(np.stack([x, y], axis=1).ravel().tolist(), fill=i)
 
     def line(self, P: np.ndarray, cls: int, mat: int, obj: int, width: float) -> None:
@@ -279,7 +285,7 @@ class _Raster:
         C = self.cam.to_cam(P).mean(axis=0)
         n = np.array([-C[0], 0.0, -C[2]])
         n /= max(float(np.linalg.norm(n)), 1e-9)
-        i = self._add(cls, mat, obj, n, (1.0 / z, 0.0, 0.0))
+        i = self._add(cls, mat, obj, n, (1.0 / z, 0.0, 0.0, z, z))
         w = max(1, int(round(px)))
         self.draw.line(np.stack([x, y], axis=1).ravel().tolist(), fill=i, width=w, joint="curve" if w > 2 else None)
 
@@ -344,6 +350,10 @@ def _blob(cx: float, cy: float, z: float, rx: float, ry: float, amp: np.ndarray 
     return np.stack([cx + rx * r * np.cos(t), cy + ry * r * np.sin(t), np.full_like(t, z)], axis=1)
 
 
+_BOX_NAMES = ("rear", "right", "front", "left", "top", "bottom")
+_BOX_FACES = np.array([[0, 1, 5, 4], [1, 2, 6, 5], [2, 3, 7, 6], [3, 0, 4, 7], [4, 5, 6, 7], [0, 3, 2, 1]])
+
+
 class _Frame:
     """Local frame of an object at footprint centre (X0, Z0), heading th (0 = driving away along +Z).
 
@@ -363,24 +373,17 @@ class _Frame:
     def box(self, u0: float, u1: float, v0: float, v1: float, w0: float, w1: float,
             top: tuple[float, float, float, float] | None = None) -> dict[str, np.ndarray]:
         """The camera-facing faces of a box (its top optionally inset: (u0, u1, w0, w1)) by name:
-        rear (w0), front (w1), left (u0), right (u1), top."""
+        rear (w0), front (w1), left (u0), right (u1), top, bottom (seen on things above the camera)."""
         tu0, tu1, tw0, tw1 = top if top is not None else (u0, u1, w0, w1)
         V = self([[u0, v0, w0], [u1, v0, w0], [u1, v0, w1], [u0, v0, w1],
                   [tu0, v1, tw0], [tu1, v1, tw0], [tu1, v1, tw1], [tu0, v1, tw1]])
         C = self.cam.to_cam(V)
-        centre = C.mean(axis=0)
-        faces = {"rear": [0, 1, 5, 4], "right": [1, 2, 6, 5], "front": [2, 3, 7, 6], "left": [3, 0, 4, 7],
-                 "top": [4, 5, 6, 7]}
-        out = {}
-        for name, idx in faces.items():
-            F = C[idx]
-            n = _newell(F)
-            c = F.mean(axis=0)
-            if float(n @ (c - centre)) < 0:
-                n = -n
-            if float(n @ c) < 0:  # outward normal points at the camera
-                out[name] = V[idx]
-        return out
+        F = C[_BOX_FACES]  # [5, 4, 3]
+        n = np.cross(F[:, 2] - F[:, 0], F[:, 3] - F[:, 1])
+        c = F.mean(axis=1)
+        n *= np.sign(((c - C.mean(axis=0)) * n).sum(axis=1))[:, None]  # outward
+        seen = (n * c).sum(axis=1) < 0  # outward normal points at the camera
+        return {name: V[_BOX_FACES[j]] for j, name in enumerate(_BOX_NAMES) if seen[j]}
 
     def facing(self, axis: str) -> bool:
         """Whether the local +u ("u") or +w ("w") direction points towards the camera."""
@@ -439,7 +442,7 @@ def _vehicle(cam: _Camera, kind: str, X: float, Z: float, th: float, d: dict[str
         cabin = fr.box(u0 + 0.06, u1 - 0.06, hb, H, cb[0], cb[1], (u0 + 0.2, u1 - 0.2, ct[0], ct[1]))
         add_part(cabin, body_mat)
         for name, F in cabin.items():  # glass: each cabin face shrunk towards its centre
-            if name != "top":
+            if name not in ("top", "bottom"):
                 c = F.mean(axis=0)
                 details.append(("poly", c + 0.78 * (F - c), cls, M_GLASS))
         for s in (-1, 1):
@@ -816,11 +819,12 @@ def _layout(seed: int, index: int, H: int, W: int) -> _Scene:
     for i in range(1, n_lanes):
         xm = xl + 2.3 * park[0] + i * lane_w
         dash, period = _u(rng, 2.5, 4), _u(rng, 8, 12)
+        centre_mat = M_PAINT_Y if rng.random() < 0.4 else M_PAINT
         if i == n_opp:
             for a, b in segments(zg, min(z_far, 90)):
                 for off in (-0.12, 0.12):
                     ground.append(("poly", _ground(xm + off - 0.06, xm + off + 0.06, 0.0, a, b, curved), ROAD,
-                                   M_PAINT))
+                                   centre_mat))
         else:
             zz = _u(rng, 0, period)
             while zz < min(z_far, 90):
@@ -1028,7 +1032,7 @@ def _layout(seed: int, index: int, H: int, W: int) -> _Scene:
         xs = np.linspace(-0.05, 1.05, 24) * W
         top = H * (1 - ego) + ego_curve * H * ((xs / W - 0.5) * 2) ** 2
         pts = [(float(a), float(b)) for a, b in zip(xs, top)] + [(W * 1.05, H + 2.0), (-W * 0.05, H + 2.0)]
-        i = ras._add(IGNORE, M_EGO, ras.n_obj, np.array([0.0, 0.6, -0.8]), (1.0, 0.0, 0.0))
+        i = ras._add(IGNORE, M_EGO, ras.n_obj, np.array([0.0, 0.6, -0.8]), (1.0, 0.0, 0.0, 0.5, 2.0))
         ras.draw.polygon(pts, fill=i)
     return ras.finish(casters=casters, blobs=blobs, lamps=lamps, effect=effect)
 
@@ -1196,7 +1200,8 @@ def _realistic_layers(sc: _Scene, rng: np.random.Generator) -> _Layers:
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     d = sc.dep.astype(np.float32)
     iz = d[inst, 0] + d[inst, 1] * xx + d[inst, 2] * yy
-    z = np.where(is_sky, 1e4, 1.0 / np.clip(iz, 1e-4, 1.0 / ZNEAR))
+    # the affine 1/Z can overshoot on faces seen nearly edge-on: keep Z within the instance's own range
+    z = np.clip(1.0 / np.clip(iz, 1e-4, 1.0 / ZNEAR), d[inst, 3], d[inst, 4])
     Y = cam.h - (yy - cam.yh) * z / cam.f
     X = (xx - cam.cx) * z / cam.f - cam.c0 - cam.k * z**2
     U = X + z  # a coordinate along vertical surfaces, whichever way they face
@@ -1226,7 +1231,9 @@ def _realistic_layers(sc: _Scene, rng: np.random.Generator) -> _Layers:
 
     ground_px = np.clip(z * z / (cam.f * cam.h), 1e-3, None)  # metres per pixel along the ground
     put(M_ASPHALT, 1 + 0.10 * fine + 0.10 * mid + 0.12 * low)
-    put(M_PAINT, (1 + 0.06 * fine) * np.clip(0.9 + 0.15 * mid, 0.6, 1.05))
+    worn = (1 + 0.06 * fine) * np.clip(0.9 + 0.15 * mid, 0.6, 1.05)
+    put(M_PAINT, worn)
+    put(M_PAINT_Y, worn)
     ts = float(rng.uniform(0.3, 0.6))
     gu, gv = X / ts, z / ts
     line_u = np.minimum(gu - np.floor(gu), np.ceil(gu) - gu)
@@ -1412,7 +1419,7 @@ def _night(ly: _Layers, sc: _Scene, rng: np.random.Generator) -> np.ndarray:
 
 def _rain(ly: _Layers, sc: _Scene, rng: np.random.Generator) -> np.ndarray:
     H, W = ly.z.shape
-    wet = np.isin(ly.mat, (M_ASPHALT, M_PAINT, M_PAVING, M_CURB))
+    wet = np.isin(ly.mat, (M_ASPHALT, M_PAINT, M_PAINT_Y, M_PAVING, M_CURB))
     albedo = np.where(wet[..., None], ly.albedo * 0.55, ly.albedo)
     lit = albedo * (0.55 * ly.ambient / max(float(ly.ambient.max()), 1e-3) + 0.1 * ly.direct)[..., None]
     img = lit + ly.emit * 0.8
@@ -1448,7 +1455,7 @@ def _sensor(img8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Noisy low-light camera: shot and read noise, colour blotches, row banding, hot pixels, JPEG blocks."""
     H, W = img8.shape[:2]
     x = img8.astype(np.float32)
-    sigma = float(rng.uniform(8, 20))
+    sigma = float(rng.uniform(6, 16))
     x = x + rng.standard_normal(x.shape).astype(np.float32) * (sigma * 0.5 + np.sqrt(x) * sigma / 16)
     x = x + np.stack([_value_noise(rng, H, W, W / 60) for _ in range(3)], 2) * float(rng.uniform(4, 10))
     x = x + rng.standard_normal((H, 1, 1)).astype(np.float32) * float(rng.uniform(1, 4))
