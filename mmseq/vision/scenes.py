@@ -1668,7 +1668,7 @@ def _readme(s: dict[str, Any]) -> str:
     looks = {
         "synthetic": "flat shading, one saturated colour per class with a small per-object jitter",
         "realistic": "textured, sun-lit with shadows, haze, lens blur and vignetting",
-        "adverse": "the realistic rendering under fog, night, rain or sensor noise (one per scene)",
+        "adverse": "the realistic rendering under one of fog, night, rain or sensor noise per scene",
     }[s["domain"]]
     return (
         f"# Street scenes: {s['domain']}\n\n"
