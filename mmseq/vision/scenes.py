@@ -1091,7 +1091,7 @@ def _building(cam: _Camera, s: int, xf: float, depth: float, hb: float, z0: floa
     xw = xf - s * 0.03
     n_floor = int((hb - 1.0) // floor)
     k = 0
-    # facade windows, nearest columns first is irrelevant: they never overlap each other
+    # facade windows column by column (they never overlap, so their order does not matter)
     zc = z0 + col / 2
     while zc + ww / 2 < z1 - 0.5:
         if zc - ww / 2 > ZNEAR:
