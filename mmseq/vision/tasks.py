@@ -39,8 +39,9 @@ class SegmentationDataConfig:
 
     source: dict[str, Any] = field(default_factory=lambda: _scenes("synthetic", "train"))
     source_val: dict[str, Any] | None = field(default_factory=lambda: _scenes("synthetic", "val"))
-    targets: dict[str, Any] = field(default_factory=lambda: {"realistic": _scenes("realistic", "val"),
-                                                             "adverse": _scenes("adverse", "val")})
+    # name -> data set; empty by default, since a mapping given in a config merges into its default rather than
+    # replacing it (a config names exactly its targets).
+    targets: dict[str, Any] = field(default_factory=dict)
     crop_size: list[int] = field(default_factory=lambda: [512, 512])  # (H, W)
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random rescale, ratio of the image size
     base_size: list[int] | None = None  # (W, H) the scale range applies to; None = each image's own size
@@ -251,6 +252,9 @@ class SegmentationTask(Task):
         from .datasets import DATASET_FORMATS
 
         d = self.cfg.data
+        if d.source_val is None and not d.targets:
+            raise ConfigError("config key 'data.targets': no evaluation set (data.source_val is null and no targets); "
+                              "name at least one, e.g. {cityscapes: {format: cityscapes, root: ..., split: val}}")
         specs = [("data.source", d.source)] + ([("data.source_val", d.source_val)] if d.source_val else [])
         specs += [(f"data.targets.{k}", v) for k, v in d.targets.items()]
         for key, spec in specs:

@@ -45,7 +45,8 @@ def test_param_groups_honour_the_mixers_no_weight_decay_flags():
 
 def _closed_form(step, schedule, warmup, max_steps, floor):
     """Warm-up (s + 1) / W for s < W; then progress t = (s - W) / (T - W), capped at 1, and
-    constant 1, linear floor + (1 - floor)(1 - t), poly floor + (1 - floor)(1 - t)^0.9, or cosine floor + (1 - floor)(1 + cos(pi t)) / 2."""
+    constant 1, linear floor + (1 - floor)(1 - t), poly floor + (1 - floor)(1 - t)^0.9,
+    or cosine floor + (1 - floor)(1 + cos(pi t)) / 2."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":

@@ -22,7 +22,7 @@ from mmseq.runner.train import evaluate, train
 
 TRAINER = {"max_steps": 2, "val_check_interval": 1, "checkpoint_every_n_steps": 1, "log_every_n_steps": 1,
            "enable_progress_bar": False}
-CASE_NAMES = ("mqar", "passkey", "keywords", "ct-tokenizer", "ct-report")
+CASE_NAMES = ("mqar", "passkey", "keywords", "ct-tokenizer", "ct-report", "segmentation")
 TINY_CT = {"filters": 8, "channel_multipliers": [1, 2], "temporal_downsample": [True], "num_res_blocks": 1,
            "token_bits": 6, "norm_groups": 4}
 TINY_TRUNK = {"d_model": 16, "n_layers": 1, "mixer": {"name": "attention", "n_heads": 2}}
@@ -56,9 +56,34 @@ def _ct_set(tmp: Path) -> tuple[Path, Path]:
     return root, tmp / "ct_tokens"
 
 
+def _scenes(tmp: Path) -> dict:
+    """The segmentation data section over tiny built-in street scenes (source and one target)."""
+    from mmseq.vision.scenes import make_street_scenes
+
+    for domain in ("synthetic", "adverse"):
+        make_street_scenes(tmp / domain, domain=domain, n=5, size=(64, 128), progress=False)
+    return {"source": {"format": "cityscapes", "root": str(tmp / "synthetic"), "split": "train"},
+            "source_val": {"format": "cityscapes", "root": str(tmp / "synthetic"), "split": "val"},
+            "targets": {"adverse": {"format": "cityscapes", "root": str(tmp / "adverse"), "split": "val"}},
+            "crop_size": [56, 56], "scale_range": [1.0, 1.0], "window": 56, "stride": 40, "batch_size": 2,
+            "eval_batch_size": 2}
+
+
+TINY_SEG = {"dinov2": {"model_name": "vit_small_patch14_dinov2", "frozen": False, "embed_dim": 16, "depth": 1,
+                       "num_heads": 2},
+            "clip": {"frozen": False, "model_cfg": {
+                "embed_dim": 16, "vision_cfg": {"image_size": 56, "layers": 1, "width": 16, "head_width": 8,
+                                                "patch_size": 14},
+                "text_cfg": {"context_length": 13, "vocab_size": 49408, "width": 8, "heads": 1, "layers": 1}}},
+            "img_size": 56, "fuser": {"d_state": 2, "dropout": 0.0}, "enhancer": {"width": 8, "num_heads": 1},
+            "head": {"name": "light", "hidden_dim": 16, "num_heads": 2, "decoder_layers": 1},
+            "loss": {"num_points": 64}}
+
+
 def _cases(tmp: Path) -> dict[str, dict]:
     ct_root, ct_tokens = _ct_set(tmp)
     return {
+        "segmentation": {"task": "segmentation", "data": _scenes(tmp / "scenes"), "model": TINY_SEG},
         "mqar": {"task": "mqar", "data": {"vocab_size": 16, "seq_len": 16, "num_kv_pairs": 2, "num_train": 32,
                                           "num_val": 8, "num_test": 8, "batch_size": 8}, "model": TINY_TRUNK},
         "passkey": {"task": "passkey", "data": {"seq_len": 24, "n_digits": 2, "filler_vocab": 4, "num_train": 32,
@@ -134,4 +159,6 @@ def _example_input(name: str, case: dict):
         return torch.rand(1, 1, 9, 32, 32) * 2 - 1
     if name == "ct-report":
         return torch.randn(2, 6, 1, 2, 2).sign(), torch.randint(0, 50, (2, 7))
+    if name == "segmentation":
+        return torch.rand(1, 3, 56, 70)
     return torch.randint(0, 8, (2, case["data"]["seq_len"]))
