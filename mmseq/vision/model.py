@@ -160,6 +160,7 @@ class MFuser(PretrainedMixin, nn.Module):
             raise ValueError(f"head.name must be one of {', '.join(HEADS)}, got {head_name!r}")
         self.head = HEADS[head_name](in_channels=channels, text_dim=text_dim, num_classes=self.num_classes,
                                      **head_args)
+        self.train()  # the builders hand back towers in eval mode; trainable ones train (frozen ones stay in eval)
 
     def export_config(self) -> dict[str, Any]:
         config = super().export_config()

@@ -168,6 +168,7 @@ class SegmentationModule(TaskModule):
         self.criterion = MaskClassificationLoss(k, **(loss or {}))
         self.score_map_weight = score_map_weight
         self.window, self.stride, self.seed = window, stride, seed
+        self.saved: dict[tuple[str, str], int] = {}  # (stage, domain) -> predictions saved as PNG this stage
 
     def forward_batch(self, batch, stage: str):
         images = batch[0].float() / 255
@@ -208,8 +209,28 @@ class SegmentationModule(TaskModule):
         for domain in batch[2].unique().tolist():
             rows = batch[2] == domain
             metrics[f"iou_{self.domains[domain]}"].update(preds[rows], labels[rows])
+        if stage == "test" and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            self.save_examples(stage, batch, preds)
+
+    def save_examples(self, stage: str, batch, preds: torch.Tensor, per_domain: int = 4) -> None:
+        """The first ``per_domain`` predictions of each evaluation set as label, colour and overlay PNGs
+        (<run>/predictions_<stage>/<domain>/)."""
+        from .evaluate import save_prediction
+
+        prefix = f"{self.artifact_stem}_" if self.artifact_stem else ""
+        for image, pred, domain in zip(batch[0], preds, batch[2].tolist(), strict=True):
+            name = self.domains[domain]
+            done = self.saved.get((stage, name), 0)
+            if done >= per_domain:
+                continue
+            out = Path(self.trainer.default_root_dir) / f"{prefix}predictions_{stage}" / name
+            out.mkdir(parents=True, exist_ok=True)
+            save_prediction(out, f"{done:02d}", image.permute(1, 2, 0).cpu().numpy(),
+                            pred.to(torch.uint8).cpu().numpy())
+            self.saved[(stage, name)] = done + 1
 
     def _end_stage(self, stage: str) -> None:
+        self.saved = {k: v for k, v in self.saved.items() if k[0] != stage}
         results = {}
         for name, metric in self.metrics_for(stage).items():
             if metric.update_count:

@@ -113,6 +113,9 @@ def test_short_run_beats_the_majority_class_on_unseen_domains(scenes, tmp_path):
     assert set(table) == {"source", "realistic", "adverse"}
     assert table["source"]["miou"] == pytest.approx(val["miou"], abs=1e-6)
     assert "| mIoU |" in (run / "iou_val.md").read_text()
+    for domain in ("source", "realistic", "adverse"):  # colourised test predictions beside the tables
+        saved = sorted(p.name for p in (run / "predictions_test" / domain).iterdir())
+        assert saved == sorted(f"{i:02d}_{k}.png" for i in range(4) for k in ("labelTrainIds", "color", "overlay"))
 
     # training lowered the loss
     import csv
