@@ -231,3 +231,24 @@ def test_segment_rejects_a_file_that_is_not_an_image(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "photo.png" in proc.stderr and "not an image" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_data_make_street_scenes_verb(tmp_path):
+    out = tmp_path / "adverse"
+    proc = subprocess.run([sys.executable, "-m", "mmseq.cli", "data", "make", "street-scenes", str(out), "--domain",
+                           "adverse", "--n", "3", "--size", "64x128", "--seed", "5"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    from mmseq.vision.datasets import Cityscapes
+
+    train, val = Cityscapes(out, "train"), Cityscapes(out, "val")
+    assert (len(train), len(val)) == (2, 1)
+    image, label = val[0]
+    assert image.shape == (3, 64, 128) and label.shape == (64, 128)
+    for args, message in ((["--size", "10x20"], "--size"), (["--domain", "sunny"], "--domain")):
+        proc = subprocess.run([sys.executable, "-m", "mmseq.cli", "data", "make", "street-scenes",
+                               str(tmp_path / "x"), *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    # an existing non-empty folder is never written over
+    proc = subprocess.run([sys.executable, "-m", "mmseq.cli", "data", "make", "street-scenes", str(out), "--n", "1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
