@@ -192,7 +192,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                     "a data set (a folder of NIfTI volumes such as a CT-RATE split, or a CSV with a path or "
                     "VolumeName column) into a folder of token files plus index.csv. Data sets resume: files "
                     "already made are skipped. Without --checkpoint the shipped tokenizer is used.")
-    t.add_argument("input", metavar="IN", help="NIfTI file, DICOM folder, folder of NIfTI volumes, or CSV")
+    t.add_argument("input", metavar="IN",
+                   help="NIfTI file, DICOM folder or .zip of one, folder of NIfTI volumes, or CSV")
     t.add_argument("-o", "--output", required=True, help="TOKENS.safetensors for one volume; a folder for a set")
     t.add_argument("--checkpoint", help="tokenizer run or model folder (default: the shipped tokenizer)")
     t.add_argument("--window", type=positive_int, default=32,
@@ -211,10 +212,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_cmd_detokenize)
 
     r = subparsers.add_parser("report-ct", help="write a radiology report for a CT volume",
-                              description="Generate a report for a CT volume (NIfTI file or DICOM folder) or a "
-                                          "token file. Without --checkpoint / --tokenizer the shipped models are "
-                                          "used.")
-    r.add_argument("input", metavar="IN", help="NIfTI file, DICOM folder or token file")
+                              description="Generate a report for a CT volume (NIfTI file, DICOM folder or .zip of "
+                                          "a DICOM series) or a token file. Without --checkpoint / --tokenizer the "
+                                          "shipped models are used.")
+    r.add_argument("input", metavar="IN", help="NIfTI file, DICOM folder, .zip of a DICOM series, or token file")
     r.add_argument("--checkpoint", help="report generator run or model folder (default: the shipped one)")
     r.add_argument("--tokenizer", help="tokenizer run or model folder (default: the shipped one)")
     r.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")

@@ -76,7 +76,8 @@ MAX_SPACING_MM = 20.0  # thicker than any diagnostic slice; larger means a unit 
 AIR_HU = -1000.0  # pad value for crop_or_pad; windows to -1 for any window whose lower end is >= -1000 HU
 
 _CANONICAL_ORNT = axcodes2ornt(CANONICAL_AXCODES)
-_CT_IMAGE_HINT = "expected a .nii / .nii.gz file or a folder of DICOM slices"
+_CT_IMAGE_HINT = "expected a .nii / .nii.gz file, a folder of DICOM slices or a .zip of one DICOM series"
+MAX_ZIP_BYTES = 4 * 2**30  # uncompressed; a CT series is a few hundred MB at most
 
 
 class CTError(UserError):
@@ -232,9 +233,10 @@ def load_ct(
     """Read a CT volume into the canonical layout: ``array [D, H, W]`` float32 HU, axes (S, L, P).
 
     Args:
-        path: a ``.nii`` / ``.nii.gz`` file (scl_slope / scl_inter applied by nibabel), or a folder of DICOM
+        path: a ``.nii`` / ``.nii.gz`` file (scl_slope / scl_inter applied by nibabel), a folder of DICOM
             slices of one series (each slice's RescaleSlope / RescaleIntercept applied; slices ordered by
-            ImagePositionPatient along the slice normal, whatever their file names or InstanceNumbers).
+            ImagePositionPatient along the slice normal, whatever their file names or InstanceNumbers), or a
+            ``.zip`` of such a series (its files anywhere inside the archive).
             A 4D NIfTI whose extra dimensions are all 1 is squeezed to 3D.
         slope, intercept: for NIfTI files stored raw with the rescale kept elsewhere (a CT-RATE metadata row):
             applied as ``HU = slope * stored + intercept`` (slope defaults to 1 when only the intercept is given).
@@ -258,6 +260,12 @@ def load_ct(
         )
     if p.is_dir():
         data, affine = _read_dicom_folder(p)
+        header = None
+    elif p.suffix.lower() == ".zip":
+        if slope is not None or intercept is not None:
+            raise CTError(f"{p}: slope/intercept given for a DICOM archive; its slices carry their own rescale "
+                          "values, which are applied, so drop the arguments")
+        data, affine = _read_dicom_zip(p)
         header = None
     else:
         ext = _nifti_ext(p)
@@ -319,6 +327,34 @@ def _read_nifti(
         data = hu_from_raw(data, 1.0 if slope is None else slope, 0.0 if intercept is None else intercept,
                            already_hu=already_hu).numpy()
     return data, np.asarray(img.affine, dtype=np.float64), img.header.copy()
+
+
+def _read_dicom_zip(archive: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A .zip of one DICOM series: its files extracted (flat, names sanitised) into a temporary folder and read."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir()]
+            total = sum(m.file_size for m in members)
+            if total > MAX_ZIP_BYTES:
+                raise CTError(f"{archive}: {total / 2**30:.1f} GiB uncompressed, over the "
+                              f"{MAX_ZIP_BYTES / 2**30:.0f} GiB limit for a DICOM archive")
+            if not members:
+                raise CTError(f"{archive}: the archive is empty; {_CT_IMAGE_HINT}")
+            with tempfile.TemporaryDirectory(prefix="mmseq-dicom-") as tmp:
+                for i, m in enumerate(members):
+                    # Flattened to numbered names: no member path can point outside the temporary folder.
+                    with zf.open(m) as src, open(Path(tmp) / f"{i:06d}.dcm", "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                try:
+                    return _read_dicom_folder(Path(tmp))
+                except CTError as e:
+                    raise CTError(str(e).replace(tmp, str(archive))) from None
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise CTError(f"{archive} is not a readable zip archive ({e}); {_CT_IMAGE_HINT}") from None
 
 
 def _read_dicom_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:

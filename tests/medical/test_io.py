@@ -281,6 +281,31 @@ def test_dicom_to_nifti_and_back(tmp_path, write_dicom_series):
     assert again.source_axcodes == vol.source_axcodes
 
 
+def test_dicom_zip_equals_its_folder(tmp_path, write_dicom_series):
+    import zipfile
+
+    hu = _hu_volume((6, 16, 20), seed=5)
+    folder = write_dicom_series(tmp_path / "series", hu, spacing=(2.5, 0.6, 0.8))
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, f in enumerate(sorted(folder.iterdir(), reverse=True)):  # nested, shuffled names inside
+            zf.write(f, f"patient/study/{i}_{f.name}")
+        zf.writestr("patient/README.txt", "not DICOM")
+    a, b = load_ct(folder), load_ct(archive)
+    torch.testing.assert_close(b.array, a.array, rtol=0, atol=0)
+    np.testing.assert_allclose(b.affine, a.affine)
+
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK not really a zip")
+    with pytest.raises(CTError, match="not a readable zip"):
+        load_ct(bad)
+    empty = tmp_path / "text.zip"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("notes.txt", "hello")
+    with pytest.raises(CTError, match=r"text\.zip: no readable DICOM slice"):
+        load_ct(empty)
+
+
 # --------------------------------------------------------------------------------------------------- preprocessing
 
 
