@@ -1,10 +1,12 @@
 """Depthwise causal 1-D convolution with a streaming state (the short conv of Mamba and Hyena blocks).
 
-Shapes in letters: B batch, D channels, L sequence length, K taps (kernel width).
+Shapes in letters: B batch, D channels, L sequence length, K taps (kernel width), T new tokens of one
+streaming call, S state length (S >= K-1).
 
-    x              [B, D, L]     input
+    x              [B, D, L]     input (any strides: channel-last views are fine)
     weight         [D, K]        one K-tap filter per channel
     bias           [D]           optional
+    seq_idx        [B, L]        optional integer labels of sequences packed in one row (int32 in causal-conv1d)
     initial_state  [B, D, K-1]   the K-1 inputs that precede x[..., 0]; zeros when None
     y              [B, D, L]     output, in x's dtype (accumulated in fp32, or fp64 for fp64 inputs)
     final_state    [B, D, K-1]   the last K-1 entries of cat(initial_state, x), in x's dtype
@@ -18,15 +20,51 @@ layout of ``nn.Conv1d(D, D, K, groups=D, padding=K-1)`` truncated to its first L
 causal-conv1d. ``act`` is the identity (None) or SiLU ("silu", alias "swish"). When L < K - 1 the
 final state still holds K - 1 entries: the tail of the initial state (or zeros) followed by x.
 
-Streaming: ``causal_conv1d_update(x_t, conv_state, ...)`` takes one token x_t [B, D] and the state
-[B, D, K-1], returns y_t [B, D], and shifts the state in place (drops the oldest input, appends x_t).
-Stepping through a sequence token by token from ``initial_state`` reproduces ``causal_conv1d`` and leaves
-the state equal to ``final_state`` bit for bit (the state is a copy of inputs, never a computed value).
+Packed sequences (``seq_idx``, as in causal-conv1d): the tap that reaches back s steps from position t counts
+only when t - s >= 0 and seq_idx[b, t - s] == seq_idx[b, t], so no input crosses from one sequence into
+another and each sequence starts from zeros. A position with seq_idx < 0 is padding: its output is exactly 0
+(no bias, no activation). Labels are compared for equality, not for contiguity (a label that comes back within
+K-1 positions is the same sequence). seq_idx excludes ``initial_state`` and ``return_final_state`` (the
+packed row has no single state), as upstream does; both raise ValueError. Gradients are those of this forward,
+so padding positions pass no gradient (the CUDA backward of causal-conv1d 1.6 lets gradients of padding outputs
+through, although their forward output is a constant 0).
 
-Paths (``impl=``): "ref" loops over the K taps in plain PyTorch (float64 capable, the ground truth);
-"torch" is one grouped ``F.conv1d``; "triton" runs a forward kernel and a backward kernel (gradients for
-x, weight, bias and initial_state, plus the cotangent of final_state) inside an autograd Function.
-The backward kernel recomputes the pre-activation instead of saving it.
+Streaming: ``causal_conv1d_update(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices)``
+takes x [B, D] (one token, returns [B, D]) or [B, D, T] (T tokens, returns [B, D, T]) and a state
+[B, D, S] (or [N, D, S] with conv_state_indices) that is updated IN PLACE. This is the interface and the state
+layout of causal-conv1d's ``causal_conv1d_update``:
+
+* Linear state (cache_seqlens None): the state holds the last S inputs, oldest first, the newest at index S-1.
+  The conv reads its K-1 newest entries; the call leaves the last S entries of cat(state, x). With S = K-1 (the
+  state ``return_final_state`` gives and the mixers of this package keep) nothing is ever dropped that the
+  conv needs; a longer state simply keeps more history (S = K is mamba_ssm's layout, the newest input included).
+* Circular state (cache_seqlens [B] integers): row b's state is a ring buffer whose next write position is
+  c = cache_seqlens[b] mod S. The conv reads the K-1 entries before c (positions c-K+1 .. c-1, mod S, oldest
+  first) and token t is written at (c + t) mod S, tokens in order (when T > S a later token overwrites an earlier
+  one). cache_seqlens is only read: advancing it by T is the caller's job. A ring state with c = n mod S after n
+  inputs equals the linear state rolled left by c.
+* Continuous batching (conv_state_indices [B] integers): batch row b uses state row conv_state_indices[b] of a
+  larger conv_state [N, D, S]. A negative index is a padding slot (causal-conv1d >= 1.6): its output is 0 and
+  no state row is touched. Indices of real rows must be distinct.
+
+Stepping through a sequence token by token reproduces ``causal_conv1d`` and leaves a [B, D, K-1] state equal
+to ``final_state`` bit for bit (the state is a copy of inputs, never a computed value); x is stored in the
+state's dtype (and the conv sees that rounding), outputs are in x's dtype.
+
+Argument orders: ``causal_conv1d`` accepts both this package's order ``(x, weight, bias, activation,
+initial_state, return_final_state)`` and causal-conv1d's ``causal_conv1d_fn`` order ``(x, weight, bias, seq_idx,
+initial_states, return_final_states, final_states_out, activation)``: the fourth positional argument is the
+activation when it is a string, seq_idx when it is a tensor; the plural keyword names work as aliases.
+``final_states_out`` (with return_final_state) receives the final state in place and is returned.
+
+Paths (``impl=``): "ref" loops over the K taps (and, for updates, over tokens) in plain PyTorch (float64
+capable, the ground truth); "torch" is one grouped ``F.conv1d`` (a masked sum over unfolded windows with
+seq_idx; one gather, conv and scatter per update); "triton" runs a forward kernel and a backward kernel
+(gradients for x, weight, bias and initial_state, plus the cotangent of final_state) inside an autograd
+Function, and a one-token update kernel. The backward kernel recomputes the pre-activation instead of saving it.
+What the Triton kernels do not cover runs the torch path, also when impl="triton" is asked for: ``causal_conv1d``
+with seq_idx, and every ``causal_conv1d_update`` call other than one token x [B, D] with a [B, D, K-1] linear
+state and no conv_state_indices. ``final_states_out`` works on every path.
 """
 
 from __future__ import annotations
@@ -63,12 +101,19 @@ def _padded_input(x: torch.Tensor, initial_state: torch.Tensor | None, K: int) -
     return torch.cat([initial_state.to(x.dtype), x], dim=-1)
 
 
+def _same_sequence(seq_idx: torch.Tensor, s: int) -> torch.Tensor:
+    """[B, L] bool: position t - s exists and carries the label of position t."""
+    earlier = F.pad(seq_idx, (s, 0), value=-1)[..., : seq_idx.shape[-1]]
+    return (earlier == seq_idx) & (seq_idx >= 0)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Reference: readable, float64 capable.
 # ----------------------------------------------------------------------------------------------------------
 
 
-def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
+def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False, *,
+                      seq_idx=None):
     """Ground truth: one shifted multiply-add per tap. Shapes as in the module docstring."""
     L, K = x.shape[-1], weight.shape[-1]
     cdt = _compute_dtype(x, weight, bias, initial_state)
@@ -76,31 +121,70 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None,
     xc = xp.to(cdt)
     y = torch.zeros_like(xc[..., :L])
     for k in range(K):
-        y = y + weight[:, k, None].to(cdt) * xc[..., k : k + L]
+        if seq_idx is None:
+            y = y + weight[:, k, None].to(cdt) * xc[..., k : k + L]
+        else:  # the tap reaches K-1-k positions back; it counts only inside the same sequence
+            same = _same_sequence(seq_idx, K - 1 - k)[:, None, :]
+            y = y + torch.where(same, weight[:, k, None].to(cdt) * xc[..., k : k + L], 0.0)
     if bias is not None:
         y = y + bias[:, None].to(cdt)
     if activation is not None:
         y = F.silu(y)
+    if seq_idx is not None:  # padding positions give exactly 0
+        y = torch.where(seq_idx[:, None, :] >= 0, y, 0.0)
     y = y.to(x.dtype)
     if return_final_state:
         return y, xp[..., L:]
     return y
 
 
-def causal_conv1d_update_ref(x_t, conv_state, weight, bias=None, activation=None):
-    """One streaming step: x_t [B, D], conv_state [B, D, K-1] (shifted in place) -> y_t [B, D]."""
-    K = weight.shape[-1]
-    cdt = _compute_dtype(x_t, weight, bias, conv_state)
-    window = torch.cat([conv_state, x_t.to(conv_state.dtype)[..., None]], dim=-1)  # [B, D, K]
-    y = torch.zeros_like(window[..., 0], dtype=cdt)
-    for k in range(K):
-        y = y + weight[:, k].to(cdt) * window[..., k].to(cdt)
-    if bias is not None:
-        y = y + bias.to(cdt)
-    if activation is not None:
-        y = F.silu(y)
-    conv_state.copy_(window[..., 1:])
-    return y.to(x_t.dtype)
+def _as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, D] -> [B, D, 1]; [B, D, T] as it is."""
+    return x[..., None] if x.dim() == 2 else x
+
+
+def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
+                             conv_state_indices=None):
+    """Streaming step, token by token: x [B, D] or [B, D, T], conv_state [B or N, D, S] (updated in place).
+
+    For each batch row and each token in order: read the K-1 newest inputs of the state (linear: its last K-1
+    entries; circular: the K-1 entries before the write position), compute the output, then store the token
+    (linear: shift left by one and append; circular: write at the position and advance it).
+    """
+    xs = _as_tokens(x)
+    B, D, T = xs.shape
+    K, S = weight.shape[-1], conv_state.shape[-1]
+    cdt = _compute_dtype(x, weight, bias, conv_state)
+    w = weight.to(cdt)
+    slots = range(B) if conv_state_indices is None else conv_state_indices.tolist()
+    out = torch.zeros(B, D, T, dtype=cdt, device=x.device)
+    for b, slot in enumerate(slots):
+        if slot < 0:  # a padding slot: output 0, no state row touched
+            continue
+        state = conv_state[slot]  # [D, S], a view: written in place
+        c = None if cache_seqlens is None else int(cache_seqlens[b]) % max(S, 1)
+        for t in range(T):
+            x_t = xs[b, :, t].to(state.dtype)
+            if c is None:
+                window = [state[:, S - (K - 1) + j] for j in range(K - 1)] + [x_t]
+            else:
+                window = [state[:, (c + t - (K - 1) + j) % S] for j in range(K - 1)] + [x_t]
+            y = torch.zeros(D, dtype=cdt, device=x.device)
+            for k in range(K):
+                y = y + w[:, k] * window[k].to(cdt)
+            if bias is not None:
+                y = y + bias.to(cdt)
+            if activation is not None:
+                y = F.silu(y)
+            out[b, :, t] = y
+            if S == 0:
+                continue
+            if c is None:
+                state.copy_(torch.cat([state[:, 1:], x_t[:, None]], dim=-1))
+            else:
+                state[:, (c + t) % S] = x_t
+    out = out.to(x.dtype)
+    return out[..., 0] if x.dim() == 2 else out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -108,31 +192,77 @@ def causal_conv1d_update_ref(x_t, conv_state, weight, bias=None, activation=None
 # ----------------------------------------------------------------------------------------------------------
 
 
-def causal_conv1d_torch(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
-    """``F.conv1d(xp, weight[:, None, :], groups=D)`` in fp32 (fp64 for fp64 inputs)."""
+def causal_conv1d_torch(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False, *,
+                        seq_idx=None):
+    """``F.conv1d(xp, weight[:, None, :], groups=D)`` in fp32 (fp64 for fp64 inputs); with seq_idx, a masked
+    sum over the unfolded K-wide windows."""
     L, K = x.shape[-1], weight.shape[-1]
     cdt = _compute_dtype(x, weight, bias, initial_state)
     xp = _padded_input(x, initial_state, K)
     b = None if bias is None else bias.to(cdt)
-    y = F.conv1d(xp.to(cdt), weight.to(cdt).unsqueeze(1), b, groups=x.shape[1])
+    if seq_idx is None:
+        y = F.conv1d(xp.to(cdt), weight.to(cdt).unsqueeze(1), b, groups=x.shape[1])
+    else:
+        windows = xp.to(cdt).unfold(-1, K, 1)  # [B, D, L, K]: windows[..., t, k] = x[t - (K-1-k)]
+        labels = F.pad(seq_idx, (K - 1, 0), value=-1).unfold(-1, K, 1)  # [B, L, K]
+        same = (labels == seq_idx[..., None]) & (seq_idx[..., None] >= 0)
+        y = torch.einsum("bdlk,dk->bdl", windows * same[:, None].to(cdt), weight.to(cdt))
+        if b is not None:
+            y = y + b[:, None]
     if activation is not None:
         y = F.silu(y)
+    if seq_idx is not None:
+        y = y * (seq_idx[:, None, :] >= 0).to(cdt)
     y = y.to(x.dtype)
     if return_final_state:
         return y, xp[..., L:]
     return y
 
 
-def _causal_conv1d_update_torch(x_t, conv_state, weight, bias=None, activation=None):
-    cdt = _compute_dtype(x_t, weight, bias, conv_state)
-    window = torch.cat([conv_state, x_t.to(conv_state.dtype)[..., None]], dim=-1)  # [B, D, K]
+def _causal_conv1d_update_torch(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
+                                conv_state_indices=None):
+    """All tokens at once: gather the K-1 newest state entries, one windowed sum, one write of the state."""
+    xs = _as_tokens(x)
+    B, D, T = xs.shape
+    K, S = weight.shape[-1], conv_state.shape[-1]
+    cdt = _compute_dtype(x, weight, bias, conv_state)
+    if conv_state_indices is None:
+        rows, state = None, conv_state  # written in place below
+    else:
+        rows = torch.nonzero(conv_state_indices >= 0).squeeze(1)  # batch rows with a real state slot
+        slots = conv_state_indices[rows].long()
+        state, xs = conv_state[slots], xs[rows]  # a copy, written back below
+    xs = xs.to(conv_state.dtype)
+    if cache_seqlens is None or S == 0:
+        history = state[..., S - (K - 1) :]  # [B', D, K-1]
+    else:
+        c = torch.remainder(cache_seqlens if rows is None else cache_seqlens[rows], S).long()
+        pos = torch.remainder(c[:, None] + torch.arange(-(K - 1), 0, device=c.device), S)  # [B', K-1]
+        history = state.gather(-1, pos[:, None, :].expand(-1, D, -1))
+    window = torch.cat([history, xs], dim=-1).unfold(-1, K, 1).transpose(1, 2)  # [B', T, D, K]
     y = (window.to(cdt) * weight.to(cdt)).sum(-1)
+    y = y.transpose(1, 2)  # [B', D, T]
     if bias is not None:
-        y = y + bias.to(cdt)
+        y = y + bias.to(cdt)[:, None]
     if activation is not None:
         y = F.silu(y)
-    conv_state.copy_(window[..., 1:])
-    return y.to(x_t.dtype)
+    if S > 0:
+        if cache_seqlens is None:
+            new_state = torch.cat([state, xs], dim=-1)[..., T:]
+            if rows is None:
+                conv_state.copy_(new_state)
+            else:
+                state = new_state
+        else:  # only the last min(T, S) tokens survive, each at its own position
+            n = min(T, S)
+            pos = torch.remainder(c[:, None] + torch.arange(T - n, T, device=c.device), S)  # [B', n]
+            state.scatter_(-1, pos[:, None, :].expand(-1, D, -1), xs[..., T - n :])
+        if rows is not None:
+            conv_state[slots] = state
+    y = y.to(x.dtype)
+    if rows is not None:
+        y = torch.zeros(B, D, T, dtype=x.dtype, device=x.device).index_copy(0, rows, y)
+    return y[..., 0] if x.dim() == 2 else y
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -388,7 +518,13 @@ def _check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor 
             raise ValueError(f"{name} must be on {ref_name}'s device {ref.device}, got {t.device}")
 
 
-def _check_causal_conv1d(x, weight, bias, activation, initial_state) -> None:
+def _check_integer(name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor (int32 as in causal-conv1d), got {t.dtype}")
+
+
+def _check_causal_conv1d(x, weight, bias, activation, initial_state, seq_idx, return_final_state,
+                         final_states_out) -> None:
     check_tensor("x", x, (None, None, None), "[B, D, L]")
     B, D, L = x.shape
     if L == 0:
@@ -401,39 +537,92 @@ def _check_causal_conv1d(x, weight, bias, activation, initial_state) -> None:
         check_tensor("bias", bias, (D,), "[D]")
     if initial_state is not None:
         check_tensor("initial_state", initial_state, (B, D, K - 1), "[B, D, K-1]")
-    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("initial_state", initial_state)):
+    if seq_idx is not None:
+        check_tensor("seq_idx", seq_idx, (B, L), "[B, L]")
+        _check_integer("seq_idx", seq_idx)
+        if initial_state is not None:
+            raise ValueError("seq_idx and initial_states cannot be used together (as in causal-conv1d): each "
+                             "packed sequence starts from zeros")
+        if return_final_state:
+            raise ValueError("return_final_states is not available with seq_idx (as in causal-conv1d): a packed "
+                             "row holds several sequences and no single final state")
+    if return_final_state and final_states_out is not None:
+        check_tensor("final_states_out", final_states_out, (B, D, K - 1), "[B, D, K-1]")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("initial_state", initial_state),
+                    ("final_states_out", final_states_out)):
         if t is not None:
             check_float(name, t)
-    _check_same_device("x", x, weight=weight, bias=bias, initial_state=initial_state)
+    _check_same_device("x", x, weight=weight, bias=bias, initial_state=initial_state, seq_idx=seq_idx,
+                       final_states_out=final_states_out)
     _check_activation(activation)
+
+
+def _one_value(name: str, *values):
+    """The one value given (not None) for an argument that can arrive under two names or positions."""
+    given = [v for v in values if v is not None]
+    if len(given) > 1:
+        raise TypeError(f"causal_conv1d got multiple values for {name}")
+    return given[0] if given else None
 
 
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
+    *args,
     activation: str | None = None,
     initial_state: torch.Tensor | None = None,
-    return_final_state: bool = False,
-    *,
+    return_final_state: bool | None = None,
+    seq_idx: torch.Tensor | None = None,
+    initial_states: torch.Tensor | None = None,
+    return_final_states: bool | None = None,
+    final_states_out: torch.Tensor | None = None,
     impl: str | None = None,
 ):
     """Depthwise causal conv: x [B, D, L], weight [D, K] -> y [B, D, L] (and final_state [B, D, K-1]).
 
     ``y[b, d, t] = act(bias[d] + sum_k weight[d, k] * xp[b, d, t + k])`` with xp = cat(initial_state, x);
-    ``activation`` is None or "silu". With ``return_final_state`` returns ``(y, final_state)``, where
-    final_state holds the last K-1 inputs and can seed the next chunk or ``causal_conv1d_update``.
+    ``activation`` is None, "silu" or "swish". With ``return_final_state`` returns ``(y, final_state)``, where
+    final_state holds the last K-1 inputs and can seed the next chunk or ``causal_conv1d_update``; it is written
+    into ``final_states_out`` [B, D, K-1] (then returned) when that is given. ``seq_idx`` [B, L] (integers)
+    labels sequences packed in one row: no tap crosses from one label to another, and positions labelled < 0
+    give 0 (see the module docstring; not together with initial_state or return_final_state).
+
+    Positional arguments after bias follow either this package's order ``(activation, initial_state,
+    return_final_state)`` or causal-conv1d's ``causal_conv1d_fn`` order ``(seq_idx, initial_states,
+    return_final_states, final_states_out, activation)``: a string fourth argument is the activation, a tensor
+    is seq_idx. ``initial_states`` and ``return_final_states`` are aliases of the singular names.
     ``impl``: "ref", "torch", "triton" or None (Triton on CUDA, torch elsewhere; if the Triton kernel fails to
-    compile or launch, one warning and the torch path from then on).
+    compile or launch, one warning and the torch path from then on). With seq_idx the Triton path runs the torch
+    path.
     """
-    _check_causal_conv1d(x, weight, bias, activation, initial_state)
+    if len(args) > 5:
+        raise TypeError(f"causal_conv1d takes at most 8 positional arguments ({3 + len(args)} given)")
+    first, rest = (args[0] if args else None), list(args[1:]) + [None] * (5 - len(args))
+    if first is not None and not isinstance(first, (str, torch.Tensor)):
+        raise ValueError(f"the fourth argument of causal_conv1d must be the activation (None, 'silu' or 'swish') "
+                         f"or seq_idx (an integer tensor [B, L]), got {first!r}")
+    activation = _one_value("activation", activation, first if isinstance(first, str) else None, rest[3])
+    seq_idx = _one_value("seq_idx", seq_idx, first if isinstance(first, torch.Tensor) else None)
+    initial_state = _one_value("initial_state", initial_state, initial_states, rest[0])
+    return_final_state = bool(_one_value("return_final_state", return_final_state, return_final_states, rest[1]))
+    final_states_out = _one_value("final_states_out", final_states_out, rest[2])
+
+    _check_causal_conv1d(x, weight, bias, activation, initial_state, seq_idx, return_final_state,
+                         final_states_out)
     requested, impl = impl, pick_impl("causal_conv1d", impl, x.device)
     args = (x, weight, bias, activation, initial_state, return_final_state)
     if impl == "ref":
-        return causal_conv1d_ref(*args)
-    if impl == "torch":
-        return causal_conv1d_torch(*args)
-    return run_triton("causal_conv1d", requested, _causal_conv1d_triton, causal_conv1d_torch, *args)
+        out = causal_conv1d_ref(*args, seq_idx=seq_idx)
+    elif impl == "torch" or seq_idx is not None:  # the Triton kernels have no seq_idx: the torch path runs
+        out = causal_conv1d_torch(*args, seq_idx=seq_idx)
+    else:
+        out = run_triton("causal_conv1d", requested, _causal_conv1d_triton, causal_conv1d_torch, *args)
+    if return_final_state and final_states_out is not None:
+        y, final = out
+        final_states_out.copy_(final)
+        return y, final_states_out
+    return out
 
 
 def _causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
@@ -441,40 +630,67 @@ def _causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=N
     return (y, final) if return_final_state else y
 
 
-def causal_conv1d_update(
-    x_t: torch.Tensor,
-    conv_state: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-    *,
-    impl: str | None = None,
-) -> torch.Tensor:
-    """One decoding step: x_t [B, D], conv_state [B, D, K-1] -> y_t [B, D]; conv_state is updated IN PLACE.
-
-    The state holds the previous K-1 inputs, oldest first; after the call it has dropped the oldest and
-    appended x_t. Meant for inference (the Triton path has no backward).
-    """
-    check_tensor("x_t", x_t, (None, None), "[B, D]")
-    B, D = x_t.shape
+def _check_update(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
+        got = shape_str(x) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be [B, D] (one token) or [B, D, T] (T tokens), got {got}")
+    B, D = x.shape[:2]
+    if x.dim() == 3 and x.shape[2] == 0:
+        raise ValueError(f"x must be [B, D, T] with T >= 1 tokens, got {shape_str(x)}")
     check_tensor("weight", weight, (D, None), "[D, K]")
     K = weight.shape[1]
     if K < 1:
         raise ValueError(f"weight must be [D, K] with K >= 1 taps, got {shape_str(weight)}")
-    check_tensor("conv_state", conv_state, (B, D, K - 1), "[B, D, K-1]")
+    rows = B if conv_state_indices is None else None
+    check_tensor("conv_state", conv_state, (rows, D, None), "[B, D, S]" if rows else "[N, D, S]")
+    if conv_state.shape[2] < K - 1:
+        raise ValueError(f"conv_state must be [B, D, S] with S >= K-1 = {K - 1} (the state holds the last S "
+                         f"inputs), got {shape_str(conv_state)}")
     if bias is not None:
         check_tensor("bias", bias, (D,), "[D]")
-    for name, t in (("x_t", x_t), ("conv_state", conv_state), ("weight", weight), ("bias", bias)):
+    for name, t in (("cache_seqlens", cache_seqlens), ("conv_state_indices", conv_state_indices)):
+        if t is not None:
+            check_tensor(name, t, (B,), "[B]")
+            _check_integer(name, t)
+    for name, t in (("x", x), ("conv_state", conv_state), ("weight", weight), ("bias", bias)):
         if t is not None:
             check_float(name, t)
-    _check_same_device("x_t", x_t, conv_state=conv_state, weight=weight, bias=bias)
+    _check_same_device("x", x, conv_state=conv_state, weight=weight, bias=bias, cache_seqlens=cache_seqlens,
+                       conv_state_indices=conv_state_indices)
     _check_activation(activation)
-    requested, impl = impl, pick_impl("causal_conv1d_update", impl, x_t.device)
-    args = (x_t, conv_state, weight, bias, activation)
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    cache_seqlens: torch.Tensor | None = None,
+    conv_state_indices: torch.Tensor | None = None,
+    *,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Decoding step(s): x [B, D] -> [B, D], or x [B, D, T] -> [B, D, T]; conv_state is updated IN PLACE.
+
+    causal-conv1d's ``causal_conv1d_update`` interface and state layout. conv_state [B, D, S], S >= K-1, holds
+    the last S inputs, oldest first; the call leaves the last S entries of cat(conv_state, x). A [B, D, K-1]
+    state is the one ``causal_conv1d(..., return_final_state=True)`` returns.
+    ``cache_seqlens`` [B] (integers) makes each state row a ring buffer written from position
+    cache_seqlens[b] mod S; ``conv_state_indices`` [B] picks the state row of each batch row in a larger
+    conv_state [N, D, S], a negative index marking a padding row (output 0, no state touched). Details in the
+    module docstring. Meant for inference (the Triton path has no backward); the Triton kernel covers one token
+    with a [B, D, K-1] linear state and no indices, every other call runs the torch path.
+    """
+    _check_update(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices)
+    requested, impl = impl, pick_impl("causal_conv1d_update", impl, x.device)
+    args = (x, conv_state, weight, bias, activation)
+    general = (cache_seqlens, conv_state_indices)
     if impl == "ref":
-        return causal_conv1d_update_ref(*args)
-    if impl == "torch":
-        return _causal_conv1d_update_torch(*args)
+        return causal_conv1d_update_ref(*args, *general)
+    plain = x.dim() == 2 and conv_state.shape[2] == weight.shape[1] - 1 and general == (None, None)
+    if impl == "torch" or not plain:  # what the Triton kernel does not cover runs the torch path
+        return _causal_conv1d_update_torch(*args, *general)
     # a kernel that fails to compile or launch has not written conv_state yet, so the torch path can take over
     return run_triton("causal_conv1d_update", requested, _causal_conv1d_update_triton, _causal_conv1d_update_torch,
                       *args)

@@ -251,12 +251,17 @@ def test_bad_inputs_raise_value_error_naming_the_argument(change, message):
 
 
 BAD_UPDATE_INPUTS = {
-    "x_t-not-2d": ({"x_t": torch.randn(2, 64, 1)}, "x_t must be [B, D] = [*, *], got [2, 64, 1]"),
-    "weight-wrong-D": ({"weight": torch.randn(32, 4)}, "weight must be [D, K] = [64, *], got [32, 4]"),
-    "conv_state-wrong-K": (
-        {"conv_state": torch.randn(2, 64, 4)},
-        "conv_state must be [B, D, K-1] = [2, 64, 3], got [2, 64, 4]",
+    "x-not-2d-or-3d": (
+        {"x": torch.randn(2, 64, 1, 1)},
+        "x must be [B, D] (one token) or [B, D, T] (T tokens), got [2, 64, 1, 1]",
     ),
+    "x-no-tokens": ({"x": torch.randn(2, 64, 0)}, "x must be [B, D, T] with T >= 1 tokens, got [2, 64, 0]"),
+    "weight-wrong-D": ({"weight": torch.randn(32, 4)}, "weight must be [D, K] = [64, *], got [32, 4]"),
+    "conv_state-shorter-than-K-1": (
+        {"conv_state": torch.randn(2, 64, 2)},
+        "conv_state must be [B, D, S] with S >= K-1 = 3 (the state holds the last S inputs), got [2, 64, 2]",
+    ),
+    "conv_state-wrong-B": ({"conv_state": torch.randn(3, 64, 3)}, "conv_state must be [B, D, S] = [2, 64, *]"),
     "conv_state-int": ({"conv_state": torch.zeros(2, 64, 3, dtype=torch.long)}, "conv_state must be a floating"),
     "activation-name": ({"activation": "gelu"}, "activation must be one of"),
 }
@@ -264,7 +269,7 @@ BAD_UPDATE_INPUTS = {
 
 @pytest.mark.parametrize("change,message", list(BAD_UPDATE_INPUTS.values()), ids=list(BAD_UPDATE_INPUTS))
 def test_update_bad_inputs_raise_value_error_naming_the_argument(change, message):
-    valid = {"x_t": torch.randn(2, 64), "conv_state": torch.zeros(2, 64, 3), "weight": torch.randn(64, 4)}
+    valid = {"x": torch.randn(2, 64), "conv_state": torch.zeros(2, 64, 3), "weight": torch.randn(64, 4)}
     with pytest.raises(ValueError) as err:
         cc.causal_conv1d_update(**{**valid, **change})
     assert message in str(err.value)
