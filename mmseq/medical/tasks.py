@@ -71,9 +71,27 @@ class CTTokenizerModelConfig:
     ssim_weight: float = 1.0
     entropy_start: float = 0.3  # the entropy weight anneals linearly from this to entropy_weight ...
     entropy_anneal_steps: int = 2000  # ... over these steps (BTB3D: 0.3 -> 0.1 over 2,000 steps)
+    adversarial: dict[str, Any] | None = None  # AdversarialConfig fields; None = no discriminator
 
 
-_TOKENIZER_EXTRA = ("init_from", "trainable", "l1_weight", "ssim_weight", "entropy_start", "entropy_anneal_steps")
+_TOKENIZER_EXTRA = ("init_from", "trainable", "l1_weight", "ssim_weight", "entropy_start", "entropy_anneal_steps",
+                    "adversarial")
+
+
+@dataclass
+class AdversarialConfig:
+    """The optional 3D adversarial term (``model.adversarial``); defaults are BTB3D's (refs: btb3d.md section 2)."""
+
+    weight: float = 0.1  # generator loss weight
+    start_step: int = 0  # steps of reconstruction alone before the discriminator joins
+    widths: list[int] = field(default_factory=lambda: [8, 16, 32])
+    hidden: int = 32
+    lecam_weight: float = 0.001
+    lecam_decay: float = 0.999
+    r1_cost: float = 10.0
+    r1_every: int = 20
+    lr_ratio: float = 0.8  # discriminator lr = lr_ratio * optim.lr
+    grad_clip: float = 0.0  # generator gradient-norm clip (BTB3D: 0.5); trainer.gradient_clip_val must stay 0
 PARTS = ("encoder", "quantizer", "decoder")
 
 
@@ -115,13 +133,73 @@ class CTTokenizerModule(TaskModule):
 
     def __init__(self, model: CTTokenizer, optim, max_steps: int, *, seed: int, crop_depth: int | None,
                  l1_weight: float, ssim_weight: float, entropy_start: float, entropy_end: float,
-                 entropy_anneal_steps: int) -> None:
+                 entropy_anneal_steps: int, adversarial: dict | None = None) -> None:
         metrics = {"psnr": lambda: PeakSignalNoiseRatio(data_range=2.0), "l1": MeanMetric, "ssim": MeanMetric,
                    "code_usage": MeanMetric}
         super().__init__(model, optim, max_steps, metrics=metrics, prog_bar=("psnr",))
         self.seed, self.crop_depth = seed, crop_depth
         self.l1_weight, self.ssim_weight = l1_weight, ssim_weight
         self.entropy = (entropy_start, entropy_end, entropy_anneal_steps)
+        self.adv = AdversarialConfig(**adversarial) if adversarial is not None else None
+        self.discriminator = None
+        if self.adv is not None:
+            from .adversarial import Discriminator3D, DiscriminatorLoss
+
+            # The discriminator belongs to training: it is in the run's checkpoints, never in the exported model.
+            self.discriminator = Discriminator3D(1, self.adv.widths, self.adv.hidden)
+            self.disc_loss = DiscriminatorLoss(self.adv.lecam_weight, self.adv.lecam_decay, self.adv.r1_cost,
+                                               self.adv.r1_every)
+            self.automatic_optimization = False
+
+    def configure_optimizers(self):
+        main = super().configure_optimizers()
+        if self.discriminator is None:
+            return main
+        from mmseq.runner.optim import build_optimizer
+
+        d_cfg = self.optim_cfg.copy()
+        d_cfg.lr = self.optim_cfg.lr * self.adv.lr_ratio
+        disc = build_optimizer(self.discriminator, d_cfg, self.max_steps)
+        return [main["optimizer"], disc["optimizer"]], [main["lr_scheduler"], disc["lr_scheduler"]]
+
+    def training_step(self, batch, batch_idx):
+        if self.discriminator is None:
+            return super().training_step(batch, batch_idx)
+        from mmseq.mixers.base import aux_loss
+
+        from .adversarial import generator_loss
+
+        opt_g, opt_d = self.optimizers()
+        sched_g, sched_d = self.lr_schedulers()
+        step = self.global_step
+        outputs = self.forward_batch(batch, "train")
+        x, x_hat, _ = outputs
+        loss = self.loss(outputs, batch) + aux_loss(self.model)
+        active = step >= self.adv.start_step
+        n = x.shape[0]
+        if active:
+            self.discriminator.requires_grad_(False)
+            g_adv = generator_loss(self.discriminator(x_hat))
+            self.discriminator.requires_grad_(True)
+            loss = loss + self.adv.weight * g_adv
+            self.log("train/g_adv", g_adv.detach(), batch_size=n)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.adv.grad_clip > 0:
+            self.clip_gradients(opt_g, gradient_clip_val=self.adv.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+        sched_g.step()
+        if active:
+            d = self.disc_loss(self.discriminator, x, x_hat, step)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d["loss"])
+            # The raw optimizer: Lightning counts a step per LightningOptimizer.step, and a run's global step
+            # (its max_steps, its resumable data order) must count generator steps only.
+            opt_d.optimizer.step()
+            for name in ("loss", "lecam", "r1"):
+                self.log(f"train/d_{name}", d[name].detach(), batch_size=n)
+        sched_d.step()
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
 
     def forward_batch(self, batch, stage: str):
         x = batch[0][:, None]  # [B, 1, D, H, W]
@@ -169,6 +247,19 @@ class CTTokenizerTask(Task):
             raise ConfigError(f"config key 'data.spacing': three positive mm values (D, H, W), got {list(d.spacing)}")
         if len(d.size) != 3 or min(d.size) < 1:
             raise ConfigError(f"config key 'data.size': three positive sizes (D, H, W), got {list(d.size)}")
+        if m.adversarial is not None:
+            try:
+                adv = AdversarialConfig(**to_dict(m.adversarial))
+            except TypeError as e:
+                raise ConfigError(f"config key 'model.adversarial': {e}") from None
+            if adv.r1_every < 0 or adv.weight < 0 or not 0 <= adv.lecam_decay < 1:
+                raise ConfigError("config key 'model.adversarial': weight >= 0, r1_every >= 0 and 0 <= lecam_decay < 1")
+            if self.cfg.trainer.gradient_clip_val:
+                raise ConfigError("config key 'trainer.gradient_clip_val': with model.adversarial the generator is "
+                                  "clipped by model.adversarial.grad_clip; set trainer.gradient_clip_val to 0")
+            if self.cfg.trainer.precision == "16-mixed":
+                raise ConfigError("config key 'trainer.precision': 16-mixed is not supported with "
+                                  "model.adversarial (two optimizers, one loss scaler); use bf16-mixed or 32-true")
         bad = [p for p in m.trainable if p not in PARTS]
         if bad or not m.trainable:
             raise ConfigError(f"config key 'model.trainable': parts among {', '.join(PARTS)}, got {list(m.trainable)}")
@@ -212,7 +303,8 @@ class CTTokenizerTask(Task):
         return CTTokenizerModule(model, self.cfg.optim, self.cfg.trainer.max_steps, seed=self.cfg.seed,
                                  crop_depth=self.cfg.data.crop_depth, l1_weight=m.l1_weight,
                                  ssim_weight=m.ssim_weight, entropy_start=m.entropy_start,
-                                 entropy_end=m.entropy_weight, entropy_anneal_steps=m.entropy_anneal_steps)
+                                 entropy_end=m.entropy_weight, entropy_anneal_steps=m.entropy_anneal_steps,
+                                 adversarial=None if m.adversarial is None else to_dict(m.adversarial))
 
 
 # -- ct-report ------------------------------------------------------------------------------------------------
