@@ -6,8 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmseq-installed
 # Debian packages features need at run time (installed by `make system-deps` when missing).
-# Speech synthesizers for `mmseq data make keywords` (espeak-ng, flite, festival and three festival voices).
-DEBIAN_PACKAGES ?= espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+# Speech synthesizers for `mmseq data make keywords` (espeak-ng, flite, festival and three festival voices);
+# chromium for the demos' browser test (tests/apps), driven by Playwright without any browser download.
+DEBIAN_PACKAGES ?= espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
 
 .PHONY: setup system-deps quickstart quickstart-mqar test test-all lint gpu-check clean-venv
 
@@ -16,7 +17,7 @@ setup: $(STAMP) system-deps
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,apps]'
 	touch $(STAMP)
 
 system-deps:

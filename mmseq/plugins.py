@@ -33,6 +33,7 @@ BUILTIN_COMMANDS = {
     "audio": "mmseq.audio.cli",
     "medical": "mmseq.medical.cli",
     "vision": "mmseq.vision.cli",
+    "apps": "mmseq.apps.cli",
 }
 
 
