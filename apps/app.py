@@ -27,6 +27,8 @@ CSS = """
                 margin-right: 4px; }
 .mmseq-legend { display: flex; flex-wrap: wrap; gap: 4px 12px; font-size: 0.85em; }
 .mmseq-shares td, .mmseq-shares th { padding: 1px 8px; }
+.mmseq-stats th { text-align: left; padding: 2px 10px 2px 0; vertical-align: top; }
+.mmseq-stats td { padding: 2px 0; }
 .mmseq-num { text-align: right; font-variant-numeric: tabular-nums; }
 mark.mmseq-finding { background: #ffe08a; padding: 0 2px; }
 mark.mmseq-negated { background: transparent; color: #777; text-decoration: line-through; }

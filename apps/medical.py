@@ -172,20 +172,23 @@ def draw_view(result: CTResult, view: str, pct: float, preset: str) -> np.ndarra
     return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
 
 
-def stats_markdown(r: CTResult) -> str:
+def stats_html(r: CTResult) -> str:
+    """Sizes, token count, compression and reconstruction error as a small table."""
     ratio_src, ratio_grid = r.compression()
     psnr, mae = r.psnr_mae()
     sd = " x ".join(f"{s:.2g}" for s in r.source_spacing)
     gs = " x ".join(f"{s:.2g}" for s in r.spacing)
-    return "\n".join([
-        "| | |", "|---|---|",
-        f"| input | {' x '.join(map(str, r.source_shape))} voxels, {sd} mm |",
-        f"| tokenizer grid | {' x '.join(map(str, r.grid.shape))} voxels, {gs} mm |",
-        f"| tokens | **{r.n_tokens:,}** ({' x '.join(map(str, r.token_grid))}), {r.token_bits} bits each |",
-        f"| compression | **{ratio_src:.0f}x** fewer bits than the 16-bit input ({ratio_grid:.0f}x against the grid) |",
-        f"| reconstruction | PSNR {psnr:.1f} dB, mean error {mae:.0f} HU |",
-        f"| time | {r.seconds:.1f} s |",
-    ])
+    rows = [
+        ("input", f"{' x '.join(map(str, r.source_shape))} voxels, {sd} mm"),
+        ("tokenizer grid", f"{' x '.join(map(str, r.grid.shape))} voxels, {gs} mm"),
+        ("tokens", f"<b>{r.n_tokens:,}</b> ({' x '.join(map(str, r.token_grid))}), {r.token_bits} bits each"),
+        ("compression", f"<b>{ratio_src:.0f}x</b> fewer bits than the 16-bit input "
+                        f"({ratio_grid:.0f}x against the grid)"),
+        ("reconstruction", f"PSNR {psnr:.1f} dB, mean error {mae:.0f} HU"),
+        ("time", f"{r.seconds:.1f} s"),
+    ]
+    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<table class="mmseq-stats">{body}</table>'
 
 
 def _mention_spans(report: str) -> list[tuple[int, int, bool]]:
@@ -296,7 +299,7 @@ class MedicalDemo:
         status = ok_status(f"Tokenized {r.name} into {r.n_tokens:,} tokens and decoded it back in {r.seconds:.1f} s.")
         pending = '<p class="mmseq-note">Writing the report...</p>' if r.report is None else \
             report_html(r.report, r.findings)
-        return (*self.views(r, preset, axial, coronal, sagittal), stats_markdown(r), status, r, pending)
+        return (*self.views(r, preset, axial, coronal, sagittal), stats_html(r), status, r, pending)
 
     def on_view(self, result: CTResult | None, preset: str, axial: float, coronal: float, sagittal: float) -> tuple:
         if result is None:
@@ -331,7 +334,7 @@ def build_tab(settings: Settings) -> MedicalDemo:
             coronal = gr.Slider(0, 100, value=50, step=1, label="Coronal slice (%)")
             sagittal = gr.Slider(0, 100, value=50, step=1, label="Sagittal slice (%)")
             status = gr.HTML(elem_id="medical-status")
-            stats = gr.Markdown(elem_id="medical-stats")
+            stats = gr.HTML(elem_id="medical-stats")
         with gr.Column(scale=2):
             ax_img = gr.Image(label="Axial: input | from tokens | error", interactive=False, elem_id="medical-axial")
             co_img = gr.Image(label="Coronal", interactive=False, elem_id="medical-coronal")

@@ -38,7 +38,7 @@ def _fit(image: np.ndarray) -> np.ndarray:
 
     scale = MAX_SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return np.array(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
 def legend_html() -> str:
