@@ -1,8 +1,8 @@
 """End to end: `mmseq demo all` on localhost, driven in headless Chromium (Debian's chromium through Playwright;
 no browser is downloaded). Each tab gets a good and a bad upload; two users at once each get their own answer;
 the page never asks for anything outside 127.0.0.1. Screenshots go to the test's temporary folder, and also to
-$MMSEQ_SCREENSHOTS when set (how docs/screenshots/ was made; $MMSEQ_DEMO_VISION_CHECKPOINT picks the vision
-model, a tiny random one otherwise)."""
+$MMSEQ_SCREENSHOTS when set (how docs/screenshots/ is made; $MMSEQ_DEMO_VISION_CHECKPOINT picks the vision
+model: a run or model folder, or "shipped"; a tiny random one otherwise)."""
 
 from __future__ import annotations
 
@@ -47,11 +47,11 @@ def server(tmp_path_factory, tiny_segmenter):
     tmp = tmp_path_factory.mktemp("demo_server")
     port = _free_port()
     vision = os.environ.get("MMSEQ_DEMO_VISION_CHECKPOINT") or str(tiny_segmenter)
+    checkpoint = [] if vision == "shipped" else ["--checkpoint", f"vision={vision}"]
     exe = Path(sys.executable).with_name("mmseq")
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "gradio"), "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(exe), "demo", "all", "--port", str(port), "--checkpoint", f"vision={vision}",
-                             "--max-file-size", "5"], cwd=tmp, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(exe), "demo", "all", "--port", str(port), *checkpoint, "--max-file-size", "5"],
+                            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
     log: list[str] = []
 
@@ -152,10 +152,11 @@ def _img_src(page, elem: str) -> str:
     return page.eval_on_selector(f"#{elem} img", "i => i.src")
 
 
-def _shoot(page, shots: Path, name: str) -> Path:
+def _shoot(page, shots: Path, name: str, publish: bool = False) -> Path:
+    """Screenshot the page into the test's folder (and, with ``publish``, into $MMSEQ_SCREENSHOTS)."""
     path = shots / name
     page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("MMSEQ_SCREENSHOTS"):
+    if publish and os.environ.get("MMSEQ_SCREENSHOTS"):
         out = Path(os.environ["MMSEQ_SCREENSHOTS"])
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, out / name)
@@ -172,7 +173,7 @@ def test_vision_tab(server, browser, outside, shots, fakes):
     shares = page.locator("#vision-shares tr").all_inner_texts()
     assert len(shares) >= 2 and all("%" in row for row in shares[1:])
     assert page.locator("#vision-legend .mmseq-legend-item").count() == 19
-    _shoot(page, shots, "demo_vision.png")
+    _shoot(page, shots, "demo_vision.png", publish=True)
     before = _img_src(page, "vision-overlay")
     page.locator("#vision-opacity input[type=number]").fill("0.9")
     page.locator("#vision-opacity input[type=number]").press("Enter")
@@ -208,7 +209,7 @@ def test_medical_tab(server, browser, outside, shots, fakes):
                            arg=["medical-axial", bone])
     for view in ("medical-axial", "medical-coronal", "medical-sagittal"):
         _image_size(page, view)
-    _shoot(page, shots, "demo_medical.png")
+    _shoot(page, shots, "demo_medical.png", publish=True)
     _upload(page, "medical-input", fakes["not_a_volume.nii.gz"])
     error = _wait_text(page, "medical-status", "Error")
     assert "not_a_volume.nii.gz is not a readable NIfTI file" in error
@@ -226,7 +227,7 @@ def test_audio_tab(server, browser, outside, shots, fakes):
     assert top[:4] == ["Top labels", "seven", "seven", "100%"], top  # title, best label, then the list
     _image_size(page, "audio-signal")
     _image_size(page, "audio-timeline")
-    _shoot(page, shots, "demo_audio.png")
+    _shoot(page, shots, "demo_audio.png", publish=True)
     _upload(page, "audio-input", fakes["not_a_clip.wav"])
     error = _wait_text(page, "audio-status", "Error")
     assert "not_a_clip.wav is not a readable audio file" in error
