@@ -18,6 +18,7 @@ import numpy as np
 from mmseq.errors import UserError
 
 log = logging.getLogger("mmseq.apps")
+MB = 2**20  # Gradio's max_file_size counts "mb" in these units
 
 
 def examples_dir() -> Path:
@@ -34,7 +35,7 @@ class Settings:
     concurrency: int = 2
     checkpoints: dict[str, str] = field(default_factory=dict)
     max_voxels: int = 512 * 512 * 1200  # a volume larger than this is refused before it is read
-    max_unzipped_mb: float = 2048.0  # a DICOM zip may not expand past this
+    max_unzipped_mb: float = 2048.0  # a DICOM zip may not expand past this (MB of 2**20 bytes)
 
 
 def check_upload(path: str | Path | None, suffixes: tuple[str, ...], what: str, settings: Settings) -> Path:
@@ -50,8 +51,8 @@ def check_upload(path: str | Path | None, suffixes: tuple[str, ...], what: str, 
     size = p.stat().st_size
     if size == 0:
         raise UserError(f"{p.name} is empty (0 bytes)")
-    if size > settings.max_file_mb * 1e6:
-        raise UserError(f"{p.name} is {size / 1e6:.1f} MB, over this demo's {settings.max_file_mb:g} MB limit")
+    if size > settings.max_file_mb * MB:
+        raise UserError(f"{p.name} is {size / MB:.1f} MB, over this demo's {settings.max_file_mb:g} MB limit")
     return p
 
 

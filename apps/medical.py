@@ -19,6 +19,7 @@ import numpy as np
 from mmseq.errors import UserError
 
 from .common import (
+    MB,
     LazyModel,
     LRUCache,
     Settings,
@@ -86,8 +87,8 @@ def _dicom_zip(path: Path, settings: Settings, into: Path) -> Path:
             if len(members) > 5000:
                 raise UserError(f"{path.name} holds {len(members)} files; a series of at most 5000 slices is accepted")
             total = sum(m.file_size for m in members)
-            if total > settings.max_unzipped_mb * 1e6:
-                raise UserError(f"{path.name} expands to {total / 1e6:.0f} MB, over the "
+            if total > settings.max_unzipped_mb * MB:
+                raise UserError(f"{path.name} expands to {total / MB:.0f} MB, over the "
                                 f"{settings.max_unzipped_mb:g} MB limit")
             for i, m in enumerate(members):
                 (into / f"{i:05d}.dcm").write_bytes(z.read(m))

@@ -89,7 +89,9 @@ def browser():
             pytest.fail("chromium is missing: `make system-deps` installs Debian's chromium")
         pytest.skip("chromium is not installed (apt-get install chromium, or `make system-deps`)")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        # a fake microphone (a beeping tone) that needs no permission prompt, for the recording test
+        args = ["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+        b = p.chromium.launch(executable_path=path, headless=True, args=args)
         yield b
         b.close()
 
@@ -105,8 +107,8 @@ def shots(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
-def _open(browser, url: str, outside: list[str]):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def _open(browser, url: str, outside: list[str], permissions: list[str] | None = None):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=permissions or [])
     page = context.new_page()
     page.set_default_timeout(90_000)
     host = url.rstrip("/")
@@ -233,6 +235,29 @@ def test_audio_tab(server, browser, outside, shots, fakes):
     assert "not_a_clip.wav is not a readable audio file" in error
     _shoot(page, shots, "demo_audio_error.png")
     page.context.close()
+
+
+def test_audio_recording(server, browser, outside):
+    page = _open(browser, server, outside, permissions=["microphone"])
+    _tab(page, "Audio")
+    page.locator("#audio-input button[aria-label='Record audio']").click()
+    page.locator("#audio-input button.record-button").click()
+    page.wait_for_timeout(2000)
+    page.locator("#audio-input button.stop-button").first.click()
+    page.wait_for_selector("#audio-status .mmseq-status")
+    status = page.locator("#audio-status").inner_text()
+    assert "Error" not in status and " classified in " in status  # the recording arrived as audio we can read
+    _image_size(page, "audio-signal")
+    page.context.close()
+
+
+def test_server_refuses_uploads_over_the_limit(server):
+    import httpx
+
+    big = httpx.post(f"{server}gradio_api/upload", files={"files": ("big.png", b"0" * 6 * 2**20)}, timeout=60)
+    assert big.status_code == 413  # --max-file-size 5
+    small = httpx.post(f"{server}gradio_api/upload", files={"files": ("small.png", b"0" * 1000)}, timeout=60)
+    assert small.status_code == 200
 
 
 def test_two_users_at_once_get_their_own_results(server, browser, outside, tmp_path):

@@ -262,7 +262,7 @@ def test_medical_refuses_zips_that_expand_too_far(tmp_path):
 
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("a.dcm", b"\0" * 3_000_000)
+        z.writestr("a.dcm", b"\0" * 3 * 2**20)
     out = MedicalDemo(Settings(max_unzipped_mb=1)).on_upload(str(bomb))
     assert _is_error(out[4], "bomb.zip expands to 3 MB, over the 1 MB limit")
 
