@@ -57,14 +57,14 @@ initial_states, return_final_states, final_states_out, activation)``: the fourth
 activation when it is a string, seq_idx when it is a tensor; the plural keyword names work as aliases.
 ``final_states_out`` (with return_final_state) receives the final state in place and is returned.
 
-Paths (``impl=``): "ref" loops over the K taps (and, for updates, over tokens) in plain PyTorch (float64
-capable, the ground truth); "torch" is one grouped ``F.conv1d`` (a masked sum over unfolded windows with
-seq_idx; one gather, conv and scatter per update); "triton" runs a forward kernel and a backward kernel
-(gradients for x, weight, bias and initial_state, plus the cotangent of final_state) inside an autograd
-Function, and a one-token update kernel. The backward kernel recomputes the pre-activation instead of saving it.
-What the Triton kernels do not cover runs the torch path, also when impl="triton" is asked for: ``causal_conv1d``
-with seq_idx, and every ``causal_conv1d_update`` call other than one token x [B, D] with a [B, D, K-1] linear
-state and no conv_state_indices. ``final_states_out`` works on every path.
+Paths (``impl=``): "ref" loops over the K taps (and, for updates, over batch rows and tokens) in plain PyTorch
+(float64 capable, the ground truth); "torch" is one grouped ``F.conv1d`` (with seq_idx, a masked sum over the
+unfolded K-wide windows; for updates, one gather, windowed sum and state write for all tokens); "triton" runs a
+forward kernel and a backward kernel (gradients for x, weight, bias and initial_state, plus the cotangent of
+final_state) inside an autograd Function, and an update kernel that covers every update argument (several
+tokens, any S >= K-1, cache_seqlens, conv_state_indices with padding slots, strided x and state). The backward
+kernel recomputes the pre-activation instead of saving it. ``causal_conv1d`` with seq_idx has no Triton kernel:
+it runs the torch path, also when impl="triton" is asked for. ``final_states_out`` works on every path.
 """
 
 from __future__ import annotations
@@ -266,7 +266,8 @@ def _causal_conv1d_update_torch(x, conv_state, weight, bias=None, activation=Non
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Triton kernels. Tiles are [BD channels, BL positions] of one batch row; tensors are contiguous.
+# Triton kernels. Tiles are [BD channels, BL positions] of one batch row; the conv kernels take contiguous tensors,
+# the update kernel strided ones.
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -370,34 +371,70 @@ def _causal_conv1d_bwd_kernel(
 
 @triton.jit
 def _causal_conv1d_update_kernel(
-    x, s, w, bias, y, D,
-    K: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
+    x, s, w, bias, cache_seqlens, state_indices, y, D, T, S,
+    sx_b, sx_d, sx_t, ss_b, ss_d, ss_l,
+    K: tl.constexpr, BD: tl.constexpr, TP: tl.constexpr, SP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, CIRCULAR: tl.constexpr, HAS_INDICES: tl.constexpr,
+    ACC: tl.constexpr,
 ):  # fmt: skip
-    """window = cat(state, x_t) [BD, K]; y_t = act(bias + sum_k w[k] window[k]); state <- window[1:]."""
+    """T tokens of one batch row over BD channels. seq = cat(history, x) with history the K-1 newest state
+    entries (linear: positions S-K+1 .. S-1; circular: c-K+1 .. c-1 mod S, c = cache_seqlens mod S);
+    y[t] = act(bias + sum_k w[k] seq[t + k]). Then the state: linear, new[i] = cat(state, x)[T + i];
+    circular, x[t] written at (c + t) mod S for the last min(T, S) tokens. A negative state index: y = 0 and
+    the state is not touched. Strided x and state; y is [B, D, T] contiguous."""
     i_d, i_b = tl.program_id(0), tl.program_id(1)
     o_d = i_d * BD + tl.arange(0, BD)
-    m_d = o_d < D
-    o_k = tl.arange(0, KP)[None, :]
-    row = (i_b * D + o_d).to(tl.int64)
-    p_s = s + row[:, None] * (K - 1) + o_k
+    m_d = (o_d < D)[:, None]
+    o_t = tl.arange(0, TP)[None, :]
+    o_l = tl.arange(0, SP)[None, :]
+    if HAS_INDICES:
+        slot = tl.load(state_indices + i_b).to(tl.int64)
+    else:
+        slot = i_b.to(tl.int64)
+    live = slot >= 0
+    p_x = x + i_b.to(tl.int64) * sx_b + o_d.to(tl.int64)[:, None] * sx_d
+    p_s = s + slot * ss_b + o_d.to(tl.int64)[:, None] * ss_d
+    if CIRCULAR:
+        c = tl.load(cache_seqlens + i_b).to(tl.int64) % S
+        c = tl.where(c < 0, c + S, c)
+        first = c - (K - 1) + S  # position of history[0], plus S to stay non-negative
+    else:
+        first = S - (K - 1)
 
-    b_x = tl.load(x + row, mask=m_d, other=0.0).to(s.dtype.element_ty)[:, None]
-    b_s = tl.load(p_s, mask=m_d[:, None] & (o_k < K - 1), other=0.0)
-    b_win = tl.where(o_k == K - 1, b_x, b_s)
-    b_w = tl.load(w + o_d[:, None] * K + o_k, mask=m_d[:, None] & (o_k < K), other=0.0).to(ACC)
-    b_y = tl.sum(b_w * b_win.to(ACC), axis=1)
+    b_y = tl.zeros([BD, TP], dtype=ACC)
+    for k in tl.static_range(K):
+        j = o_t + k  # index into seq
+        m = m_d & (o_t < T) & live
+        if CIRCULAR:
+            pos = (first + j) % S
+        else:
+            pos = first + j  # < S where it is read
+        b_h = tl.load(p_s + pos * ss_l, mask=m & (j < K - 1), other=0.0)
+        b_x = tl.load(p_x + (j - (K - 1)) * sx_t, mask=m & (j >= K - 1), other=0.0).to(s.dtype.element_ty)
+        b_w = tl.load(w + o_d * K + k, mask=o_d < D, other=0.0).to(ACC)[:, None]
+        b_y += b_w * tl.where(j < K - 1, b_h, b_x).to(ACC)
     if HAS_BIAS:
-        b_y += tl.load(bias + o_d, mask=m_d, other=0.0).to(ACC)
+        b_y += tl.load(bias + o_d, mask=o_d < D, other=0.0).to(ACC)[:, None]
     if SILU:
         b_y = b_y * tl.sigmoid(b_y)
-    tl.store(y + row, b_y.to(y.dtype.element_ty), mask=m_d)
+    b_y = tl.where(live, b_y, 0.0)
+    tl.store(y + (i_b * D + o_d).to(tl.int64)[:, None] * T + o_t, b_y.to(y.dtype.element_ty),
+             mask=m_d & (o_t < T))
 
-    # new state[k] = window[k + 1]; every load of the old state happens before the barrier
-    b_next = tl.load(p_s + 1, mask=m_d[:, None] & (o_k + 1 < K - 1), other=0.0)
-    b_next = tl.where(o_k == K - 2, b_x, b_next)
-    tl.debug_barrier()
-    tl.store(p_s, b_next, mask=m_d[:, None] & (o_k < K - 1))
+    # the state: every load of the old state happens before the barrier
+    if CIRCULAR:
+        m_w = m_d & (o_t < T) & (o_t >= T - S) & live  # tokens that survive, at distinct positions
+        b_new = tl.load(p_x + o_t * sx_t, mask=m_w, other=0.0).to(s.dtype.element_ty)
+        tl.debug_barrier()
+        tl.store(p_s + ((c + o_t) % S) * ss_l, b_new, mask=m_w)
+    else:
+        m_l = m_d & (o_l < S) & live
+        src = o_l + T  # index into cat(state, x)
+        b_old = tl.load(p_s + src * ss_l, mask=m_l & (src < S), other=0.0)
+        b_in = tl.load(p_x + (src - S) * sx_t, mask=m_l & (src >= S), other=0.0).to(s.dtype.element_ty)
+        b_new = tl.where(src < S, b_old, b_in)
+        tl.debug_barrier()
+        tl.store(p_s + o_l * ss_l, b_new, mask=m_l)
 
 
 def _tl_acc(*tensors: torch.Tensor | None):
@@ -454,20 +491,23 @@ def _causal_conv1d_bwd(x, weight, bias, state, dy, dfinal, silu):
     return dx, dw, db, ds
 
 
-def _causal_conv1d_update_triton(x_t, conv_state, weight, bias=None, activation=None):
-    B, D = x_t.shape
-    K = weight.shape[1]
-    s = conv_state if conv_state.is_contiguous() else conv_state.contiguous()
-    y = torch.empty_like(x_t)
-    BD = _blocks(x_t.device, D, 1)[0]
+def _causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
+                                 conv_state_indices=None):
+    xs = _as_tokens(x)
+    B, D, T = xs.shape
+    K, S = weight.shape[1], conv_state.shape[2]
+    y = torch.empty(B, D, T, dtype=x.dtype, device=x.device)
+    BD = _blocks(x.device, D, 1)[0]
     _causal_conv1d_update_kernel[(triton.cdiv(D, BD), B)](
-        x_t.contiguous(), s, weight.contiguous(), x_t if bias is None else bias.contiguous(), y, D,
-        K=K, KP=triton.next_power_of_2(K), BD=BD, HAS_BIAS=bias is not None, SILU=activation is not None,
-        ACC=_tl_acc(x_t, weight, bias, conv_state),
+        xs, conv_state, weight.contiguous(), y if bias is None else bias.contiguous(),
+        y if cache_seqlens is None else cache_seqlens.contiguous(),
+        y if conv_state_indices is None else conv_state_indices.contiguous(), y, D, T, S,
+        *xs.stride(), *conv_state.stride(),
+        K=K, BD=BD, TP=triton.next_power_of_2(T), SP=triton.next_power_of_2(max(S, 1)), HAS_BIAS=bias is not None,
+        SILU=activation is not None, CIRCULAR=cache_seqlens is not None and S > 0,
+        HAS_INDICES=conv_state_indices is not None, ACC=_tl_acc(x, weight, bias, conv_state),
     )  # fmt: skip
-    if s is not conv_state:
-        conv_state.copy_(s)
-    return y
+    return y[..., 0] if x.dim() == 2 else y
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -679,8 +719,7 @@ def causal_conv1d_update(
     ``cache_seqlens`` [B] (integers) makes each state row a ring buffer written from position
     cache_seqlens[b] mod S; ``conv_state_indices`` [B] picks the state row of each batch row in a larger
     conv_state [N, D, S], a negative index marking a padding row (output 0, no state touched). Details in the
-    module docstring. Meant for inference (the Triton path has no backward); the Triton kernel covers one token
-    with a [B, D, K-1] linear state and no indices, every other call runs the torch path.
+    module docstring. Meant for inference (the Triton path has no backward).
     """
     _check_update(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices)
     requested, impl = impl, pick_impl("causal_conv1d_update", impl, x.device)
@@ -688,9 +727,8 @@ def causal_conv1d_update(
     general = (cache_seqlens, conv_state_indices)
     if impl == "ref":
         return causal_conv1d_update_ref(*args, *general)
-    plain = x.dim() == 2 and conv_state.shape[2] == weight.shape[1] - 1 and general == (None, None)
-    if impl == "torch" or not plain:  # what the Triton kernel does not cover runs the torch path
+    if impl == "torch":
         return _causal_conv1d_update_torch(*args, *general)
     # a kernel that fails to compile or launch has not written conv_state yet, so the torch path can take over
     return run_triton("causal_conv1d_update", requested, _causal_conv1d_update_triton, _causal_conv1d_update_torch,
-                      *args)
+                      *args, *general)

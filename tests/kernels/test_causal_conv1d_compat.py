@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.kernels._helpers import marked, triton_marks
+from tests.kernels._helpers import DEVICE, marked, triton_marks
 
 cc = importlib.import_module("mmseq.kernels.causal_conv1d")  # the module, not the function
 
@@ -375,12 +375,20 @@ def _update_grid(mode):
         WIDTHS, UPDATE_SEQLENS, [False, True], [False, True], [False, True]
     ):
         cases = [(itype, STATE_EXTRA[(n + j) % len(STATE_EXTRA)]) for j, itype in enumerate(ITYPES.values())]
-        n += 1
         cid = (f"D{UPDATE_DIM}-K{width}-T{seqlen}-{'cache' if has_cache else 'nocache'}-"
                f"{'bias' if has_bias else 'nobias'}-{'silu' if silu else 'id'}-"
                + ",".join(f"{name}:S{width - 1 + extra}" for name, (_, extra) in zip(ITYPES, cases)))
         for path in PATHS:
+            if path == "triton":  # the interpreter is slow: by default a quarter of the grid, one itype each
+                default = n % 4 == (n // 8) % 4  # every (cache, bias, silu) pattern over the (width, tokens) blocks
+                params.append(_path_param(path, UPDATE_DIM, width, seqlen, has_cache, has_bias, silu,
+                                          [cases[n % 3]], id=f"{cid}-{list(ITYPES)[n % 3]}-only",
+                                          marks=[] if default else [pytest.mark.slow]))
+                params.append(_path_param(path, UPDATE_DIM, width, seqlen, has_cache, has_bias, silu, cases, id=cid,
+                                          marks=[pytest.mark.slow]))
+                continue
             params.append(_path_param(path, UPDATE_DIM, width, seqlen, has_cache, has_bias, silu, cases, id=cid))
+        n += 1
     for dim, width, has_cache in itertools.product(UPDATE_BIG_DIMS, WIDTHS, [False, True]):
         cid = f"D{dim}-K{width}-T5-{'cache' if has_cache else 'nocache'}-bias-silu-bf16:S{width + 10}"
         for path in PATHS:
@@ -430,15 +438,27 @@ def test_update_with_padding_grid(path, dim, width, seqlen, has_cache, has_bias,
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("silu", [False, True], ids=["id", "silu"])
-@pytest.mark.parametrize("extra", [0, 1, 6], ids=["S=K-1", "S=K", "S=K+5"])
-@pytest.mark.parametrize("path", [_path_param(p, id="stream") for p in PATHS])
+def _interpreted_once(params: list, keep: str) -> list:
+    """On the CPU the Triton interpreter takes a while per launch: its cases other than ``keep`` join the slow
+    run."""
+    out = []
+    for p in params:
+        slow = p.values[0] == "triton" and DEVICE.type == "cpu" and keep not in p.id
+        out.append(pytest.param(*p.values, id=p.id, marks=[*p.marks, *([pytest.mark.slow] if slow else [])]))
+    return out
+
+
+STREAM_PARAMS = [_path_param(p, extra, silu, id=f"stream-S=K-1+{extra}-{'silu' if silu else 'id'}")
+                 for p in PATHS for extra in (0, 1, 6) for silu in (False, True)]
+
+
+@pytest.mark.parametrize("path,extra,silu", _interpreted_once(STREAM_PARAMS, "S=K-1+1-silu"))
 def test_token_by_token_equals_multi_token_equals_full_conv(path, extra, silu):
     """From the same state: single tokens ([B, D] and [B, D, 1]), chunks of several tokens and the full causal
     conv (seeded with the state's K-1 newest inputs) give the same outputs, and the state ends as the last S
     inputs."""
     g = torch.Generator().manual_seed(11 + extra)
-    B, D, L, K = 3, 5, 13, 4
+    B, D, L, K = 3, 5, 9, 4
     S = K - 1 + extra
     x = torch.randn(B, D, L, generator=g)
     w, b = torch.randn(D, K, generator=g), torch.randn(D, generator=g)
@@ -451,7 +471,7 @@ def test_token_by_token_equals_multi_token_equals_full_conv(path, extra, silu):
     y_one = torch.stack([cc.causal_conv1d_update(x[..., t], one, w, b, act, impl=path) for t in range(L)], dim=-1)
     y_shaped = torch.cat([cc.causal_conv1d_update(x[..., t : t + 1], shaped, w, b, act, impl=path)
                           for t in range(L)], dim=-1)
-    bounds = [0, 1, 4, 9, 13]  # chunks of 1, 3, 5 and 4 tokens
+    bounds = [0, 1, 4, 9]  # chunks of 1, 3 and 5 tokens
     y_chunks = torch.cat([cc.causal_conv1d_update(x[..., lo:hi], chunked, w, b, act, impl=path)
                           for lo, hi in zip(bounds, bounds[1:])], dim=-1)
     for name, got in (("one token", y_one), ("[B, D, 1]", y_shaped), ("chunks", y_chunks)):
@@ -460,8 +480,10 @@ def test_token_by_token_equals_multi_token_equals_full_conv(path, extra, silu):
         assert torch.equal(state, want_state)
 
 
-@pytest.mark.parametrize("extra", [0, 2, 7], ids=["S=K-1", "S=K+1", "S=K+6"])
-@pytest.mark.parametrize("path", [_path_param(p, id="ring") for p in PATHS])
+RING_PARAMS = [_path_param(p, extra, id=f"ring-S=K-1+{extra}") for p in PATHS for extra in (0, 2, 7)]
+
+
+@pytest.mark.parametrize("path,extra", _interpreted_once(RING_PARAMS, "S=K-1+2"))
 def test_circular_state_equals_linear_state(path, extra):
     """A ring buffer holding the same inputs (the newest just before position cache_seqlens mod S) gives the
     linear state's outputs, call after call, and stays the linear state rotated; chunks longer than S
@@ -529,28 +551,39 @@ def test_update_errors(change, message):
 
 
 @marked(TRITON)
-def test_triton_routes_what_its_kernels_do_not_cover_to_the_torch_path(monkeypatch):
-    """impl='triton' with seq_idx, or an update beyond one token on a [B, D, K-1] linear state, runs the torch
-    path (bit for bit); the plain one-token update still runs the Triton kernel."""
+def test_triton_routes_seq_idx_to_the_torch_path():
+    """impl='triton' with seq_idx runs the torch path (bit for bit), forward and backward."""
     g = torch.Generator().manual_seed(41)
     x, w, b = torch.randn(2, 6, 12, generator=g), torch.randn(6, 4, generator=g), torch.randn(6, generator=g)
-    seq_idx = torch.tensor([[0] * 5 + [1] * 7, [3] * 12], dtype=torch.int32)
-    torch.testing.assert_close(cc.causal_conv1d(x, w, b, seq_idx, activation="silu", impl="triton"),
-                               cc.causal_conv1d(x, w, b, seq_idx, activation="silu", impl="torch"), rtol=0, atol=0)
+    seq_idx = torch.tensor([[0] * 5 + [1] * 7, [3] * 10 + [-1] * 2], dtype=torch.int32)
+    grads = []
+    for path in ("triton", "torch"):
+        xg = x.clone().requires_grad_(True)
+        y = cc.causal_conv1d(xg, w, b, seq_idx, activation="silu", impl=path)
+        y.sum().backward()
+        grads.append((y.detach(), xg.grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@marked(TRITON)
+def test_triton_update_kernel_reads_and_writes_strided_tensors(monkeypatch):
+    """The update kernel itself (not the torch path) serves every update: channel-last x and state, ring
+    buffers, state indices with a padding slot, several tokens."""
     calls = []
     real = cc._causal_conv1d_update_triton
     monkeypatch.setattr(cc, "_causal_conv1d_update_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
-    state, state_torch = torch.randn(2, 6, 8, generator=g), None
+    g = torch.Generator().manual_seed(43)
+    D, K, S = 6, 4, 8
+    w, b = torch.randn(D, K, generator=g), torch.randn(D, generator=g)
+    state = torch.randn(5, S, D, generator=g).transpose(1, 2)
     state_torch = state.clone()
-    xs = torch.randn(2, 6, 3, generator=g)
-    cs = torch.tensor([2, 9], dtype=torch.int32)
-    torch.testing.assert_close(cc.causal_conv1d_update(xs, state, w, b, "silu", cs, impl="triton"),
-                               cc.causal_conv1d_update(xs, state_torch, w, b, "silu", cs, impl="torch"),
-                               rtol=0, atol=0)
-    assert torch.equal(state, state_torch) and calls == []
-    plain = torch.randn(2, 6, 3, generator=g)
-    cc.causal_conv1d_update(xs[..., 0], plain, w, b, "silu", impl="triton")
-    assert calls == [1]
+    xs = torch.randn(3, 7, D, generator=g).transpose(1, 2)
+    cs, idx = torch.tensor([2, 9, 4], dtype=torch.int32), torch.tensor([3, -1, 0], dtype=torch.int32)
+    got = cc.causal_conv1d_update(xs, state, w, b, "silu", cs, idx, impl="triton")
+    want = cc.causal_conv1d_update(xs, state_torch, w, b, "silu", cs, idx, impl="torch")
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(state, state_torch) and calls == [1]
 
 
 def test_silu_reference_is_the_textbook_formula():
