@@ -42,14 +42,44 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_segmenter):
+def proxy_trap():
+    """A local listener set as the server's HTTP(S) proxy: any request the server makes to another host lands here
+    (and is recorded, then refused) instead of leaving the machine."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    caught: list[str] = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    caught.append(conn.recv(200).decode(errors="replace").split("\r\n")[0])
+                except OSError:
+                    caught.append("(connection)")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", caught
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_segmenter, proxy_trap):
     """`mmseq demo all` in a subprocess; yields its URL."""
     tmp = tmp_path_factory.mktemp("demo_server")
     port = _free_port()
     vision = os.environ.get("MMSEQ_DEMO_VISION_CHECKPOINT") or str(tiny_segmenter)
     checkpoint = [] if vision == "shipped" else ["--checkpoint", f"vision={vision}"]
     exe = Path(sys.executable).with_name("mmseq")
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "gradio"), "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    proxy = proxy_trap[0]
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "gradio"), "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1",
+           "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "ALL_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
+           "all_proxy": proxy, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     proc = subprocess.Popen([str(exe), "demo", "all", "--port", str(port), *checkpoint, "--max-file-size", "5"],
                             cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
@@ -139,6 +169,11 @@ def _upload(page, elem: str, path: Path) -> None:
     page.locator(f"#{elem} input[type=file]").set_input_files(str(path))
 
 
+def _example(page, name: str) -> None:
+    """Click a shipped example (the file is served from apps/examples, the only folder allowed)."""
+    page.get_by_role("button", name=name, exact=True).click()
+
+
 def _wait_text(page, elem: str, text: str) -> str:
     page.wait_for_function("([id, t]) => (document.getElementById(id)?.innerText || '').includes(t)", arg=[elem, text])
     return page.locator(f"#{elem}").inner_text()
@@ -168,7 +203,7 @@ def _shoot(page, shots: Path, name: str, publish: bool = False) -> Path:
 
 def test_vision_tab(server, browser, outside, shots, fakes):
     page = _open(browser, server, outside)
-    _upload(page, "vision-input", examples_dir() / "street_scene.png")
+    _example(page, "street_scene.png")
     status = _wait_text(page, "vision-status", "Segmented street_scene.png")
     assert "(256 x 512 pixels)" in status
     assert _image_size(page, "vision-overlay") == (256, 512)
@@ -191,7 +226,7 @@ def test_vision_tab(server, browser, outside, shots, fakes):
 def test_medical_tab(server, browser, outside, shots, fakes):
     page = _open(browser, server, outside)
     _tab(page, "Medical")
-    _upload(page, "medical-input", examples_dir() / "chest_phantom.nii.gz")
+    _example(page, "chest_phantom.nii.gz")
     status = _wait_text(page, "medical-status", "Tokenized chest_phantom.nii.gz")
     assert "3,468 tokens" in status
     stats = page.locator("#medical-stats").inner_text()
@@ -276,6 +311,7 @@ def test_two_users_at_once_get_their_own_results(server, browser, outside, tmp_p
         page.context.close()
 
 
-def test_nothing_was_asked_of_other_hosts(server, outside):
+def test_nothing_was_asked_of_other_hosts(server, outside, proxy_trap):
     assert server.startswith("http://127.0.0.1:")
-    assert outside == []
+    assert outside == []  # the pages
+    assert proxy_trap[1] == []  # the server
