@@ -68,8 +68,14 @@ def launch_options(settings: Settings, host: str, port: int | None) -> dict:
 
 def serve(domains: tuple[str, ...], settings: Settings, host: str = "127.0.0.1", port: int | None = 7860) -> None:
     """Build and serve until interrupted; prints the address once it is listening."""
+    from mmseq.errors import UserError
+
     demo = build_demo(domains, settings)
-    _, url, _ = demo.launch(prevent_thread_lock=True, **launch_options(settings, host, port))
+    try:
+        _, url, _ = demo.launch(prevent_thread_lock=True, **launch_options(settings, host, port))
+    except OSError:  # Gradio says "Cannot find empty port" for both
+        raise UserError(f"cannot serve on {host}:{port}: the port is taken or the address is not this machine's; "
+                        "choose another --port or --host") from None
     print(f"mmseq demo: serving {', '.join(domains)} at {url}", flush=True)
     try:
         demo.block_thread()

@@ -62,3 +62,15 @@ def test_launch_options_are_local_and_limited():
     demo = build_demo(("audio",), Settings())
     assert demo.analytics_enabled is False
     assert demo._queue.default_concurrency_limit == 2  # the queue is on: requests wait their turn
+
+
+def test_demo_on_a_busy_port_is_one_line(tmp_path, run_cli):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_cli("demo", "audio", "--port", str(port), cwd=tmp_path, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"mmseq demo: error: cannot serve on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
