@@ -37,6 +37,19 @@ def _size_mb(text: str) -> float:
     return positive_float(t)
 
 
+def _check_address(host: str, port: int) -> None:
+    """Fail in one line, before any model loads, when the port is taken or the address is not this machine's."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}; choose another --port or --host") from None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -44,6 +57,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for key, path in checkpoints.items():
         if not Path(path).exists():
             raise UserError(f"--checkpoint {key}={path}: no such folder")
+    _check_address(args.host, args.port)
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -68,7 +68,10 @@ def test_vision_legend_has_every_class():
         assert f"rgb{color}" in legend and f"</span>{name}</span>" in legend
 
 
-def test_vision_scales_down_large_images(vision, tmp_path):
+def test_vision_scales_down_large_images(vision, tmp_path, monkeypatch):
+    import mmseq.vision.cli as vision_cli
+
+    monkeypatch.setattr(vision_cli, "segment_image", lambda model, image: np.zeros(image.shape[:2], np.uint8))
     big = tmp_path / "wide.jpg"
     Image.fromarray(np.full((300, 1500, 3), 90, np.uint8)).save(big)
     image, over, _, status, _ = vision.on_upload(str(big), 0.5)
