@@ -61,10 +61,10 @@ Paths (``impl=``): "ref" loops over the K taps (and, for updates, over batch row
 (float64 capable, the ground truth); "torch" is one grouped ``F.conv1d`` (with seq_idx, a masked sum over the
 unfolded K-wide windows; for updates, one gather, windowed sum and state write for all tokens); "triton" runs a
 forward kernel and a backward kernel (gradients for x, weight, bias and initial_state, plus the cotangent of
-final_state) inside an autograd Function, and an update kernel that covers every update argument (several
-tokens, any S >= K-1, cache_seqlens, conv_state_indices with padding slots, strided x and state). The backward
-kernel recomputes the pre-activation instead of saving it. ``causal_conv1d`` with seq_idx has no Triton kernel:
-it runs the torch path, also when impl="triton" is asked for. ``final_states_out`` works on every path.
+final_state; seq_idx masks both) inside an autograd Function, and an update kernel that covers every update
+argument (several tokens, any S >= K-1, cache_seqlens, conv_state_indices with padding slots, strided x and
+state). The backward kernel recomputes the pre-activation instead of saving it. Every argument works on every
+path; ``final_states_out`` is filled by the dispatcher after the path has run.
 """
 
 from __future__ import annotations
@@ -281,11 +281,19 @@ def _load_xp(x, s, row, q, mask, L, K: tl.constexpr, HAS_STATE: tl.constexpr, AC
 
 
 @triton.jit
+def _load_label(sq, i_b, q, L):
+    """seq_idx[i_b, q] for the x positions q, -1 outside [0, L) (a label no real position carries)."""
+    return tl.load(sq + i_b.to(tl.int64) * L + q, mask=(q >= 0) & (q < L), other=-1)
+
+
+@triton.jit
 def _causal_conv1d_fwd_kernel(
-    x, w, bias, s, y, D, L,
+    x, w, bias, s, sq, y, D, L,
     K: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
+    """With HAS_SEQ a tap counts only where the label of the position it reads equals the current one, and
+    positions labelled < 0 give 0."""
     i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_d = i_d * BD + tl.arange(0, BD)
     o_t = (i_t * BL + tl.arange(0, BL))[None, :]
@@ -293,23 +301,30 @@ def _causal_conv1d_fwd_kernel(
     m = m_d[:, None] & (o_t < L)
     row = (i_b * D + o_d).to(tl.int64)[:, None]
 
+    if HAS_SEQ:
+        b_cur = _load_label(sq, i_b, o_t, L)  # [1, BL]
     b_z = tl.zeros([BD, BL], dtype=ACC)
     for k in tl.static_range(K):
         b_w = tl.load(w + o_d * K + k, mask=m_d, other=0.0).to(ACC)
-        b_z += b_w[:, None] * _load_xp(x, s, row, o_t + k, m, L, K, HAS_STATE, ACC)
+        b_xk = _load_xp(x, s, row, o_t + k, m, L, K, HAS_STATE, ACC)
+        if HAS_SEQ:
+            b_xk = tl.where(_load_label(sq, i_b, o_t + k - (K - 1), L) == b_cur, b_xk, 0.0)
+        b_z += b_w[:, None] * b_xk
     if HAS_BIAS:
         b_z += tl.load(bias + o_d, mask=m_d, other=0.0).to(ACC)[:, None]
     if SILU:
         b_z = b_z * tl.sigmoid(b_z)
+    if HAS_SEQ:
+        b_z = tl.where(b_cur >= 0, b_z, 0.0)
     tl.store(y + row * L + o_t, b_z.to(y.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _causal_conv1d_bwd_kernel(
-    x, w, bias, s, dy, dfs, dx, ds, dw_part, db_part, D, L, PER,
+    x, w, bias, s, sq, dy, dfs, dx, ds, dw_part, db_part, D, L, PER,
     K: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, HAS_DFINAL: tl.constexpr, SILU: tl.constexpr,
-    ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    SILU: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """Gradient with respect to the padded input xp, over padded positions i in [0, L+K-1):
 
@@ -318,6 +333,7 @@ def _causal_conv1d_bwd_kernel(
     with dz = dy * act'(z) recomputed from x. Positions i >= K-1 are dx, positions i < K-1 are
     d initial_state. Each program walks PER blocks of BL positions and writes its partial weight and
     bias gradients (sum over its positions of dz[i] * xp[i + k] and of dz[i]) to dw_part / db_part.
+    With HAS_SEQ each term keeps the forward's label mask, and dz is 0 at positions labelled < 0.
     """
     i_c, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NC = tl.num_programs(0)
@@ -335,25 +351,38 @@ def _causal_conv1d_bwd_kernel(
     while i_blk < i_c * PER + PER:  # a block past the end is fully masked
         o_i = (i_blk * BL + tl.arange(0, BL))[None, :]
         b_dxp = tl.zeros([BD, BL], dtype=ACC)
+        if HAS_SEQ:
+            b_si = _load_label(sq, i_b, o_i - (K - 1), L)  # the label of the input xp[i]
         for k in tl.static_range(K):
             p = o_i - k
             m_p = m_d[:, None] & (p >= 0) & (p < L)
             b_dz = tl.load(dy + row * L + p, mask=m_p, other=0.0).to(ACC)
+            if HAS_SEQ:
+                b_sp = _load_label(sq, i_b, p, L)  # the label of the output at p
+                b_dz = tl.where(b_sp >= 0, b_dz, 0.0)
             if SILU:
                 b_z = tl.zeros([BD, BL], dtype=ACC)
                 for j in tl.static_range(K):
                     b_wj = tl.load(w + o_d * K + j, mask=m_d, other=0.0).to(ACC)
-                    b_z += b_wj[:, None] * _load_xp(x, s, row, p + j, m_p, L, K, HAS_STATE, ACC)
+                    b_xj = _load_xp(x, s, row, p + j, m_p, L, K, HAS_STATE, ACC)
+                    if HAS_SEQ:
+                        b_xj = tl.where(_load_label(sq, i_b, p + j - (K - 1), L) == b_sp, b_xj, 0.0)
+                    b_z += b_wj[:, None] * b_xj
                 if HAS_BIAS:
                     b_z += b_bias
                 b_sig = tl.sigmoid(b_z)
                 b_dz = b_dz * b_sig * (1 + b_z * (1 - b_sig))
             b_wk = tl.load(w + o_d * K + k, mask=m_d, other=0.0).to(ACC)
-            b_dxp += b_wk[:, None] * b_dz
+            if HAS_SEQ:
+                b_dxp += tl.where(b_si == b_sp, b_wk[:, None] * b_dz, 0.0)
+            else:
+                b_dxp += b_wk[:, None] * b_dz
             if k == 0:  # here p == i: these positions also feed the weight and bias gradients
                 b_db += tl.sum(b_dz, axis=1)
                 for j in tl.static_range(K):
                     b_xj = _load_xp(x, s, row, p + j, m_p, L, K, HAS_STATE, ACC)
+                    if HAS_SEQ:
+                        b_xj = tl.where(_load_label(sq, i_b, p + j - (K - 1), L) == b_sp, b_xj, 0.0)
                     b_dw += tl.where(o_k == j, tl.sum(b_dz * b_xj, axis=1)[:, None], 0.0)
         m_i = m_d[:, None] & (o_i < L + K - 1)
         if HAS_DFINAL:
@@ -452,21 +481,21 @@ def _blocks(device: torch.device, D: int, L: int) -> tuple[int, int]:
 _MAX_CHUNKS = 32  # position chunks per row in the backward (bounds the partial weight-gradient buffer)
 
 
-def _causal_conv1d_fwd(x, weight, bias, state, silu):
+def _causal_conv1d_fwd(x, weight, bias, state, silu, seq=None):
     B, D, L = x.shape
     K = weight.shape[1]
     y = torch.empty_like(x)
     BD, BL = _blocks(x.device, D, L)
     grid = (triton.cdiv(L, BL), triton.cdiv(D, BD), B)
     _causal_conv1d_fwd_kernel[grid](
-        x, weight, x if bias is None else bias, x if state is None else state, y, D, L,
-        K=K, BD=BD, BL=BL, HAS_BIAS=bias is not None, HAS_STATE=state is not None, SILU=silu,
-        ACC=_tl_acc(x, weight, bias, state),
+        x, weight, x if bias is None else bias, x if state is None else state, x if seq is None else seq, y, D, L,
+        K=K, BD=BD, BL=BL, HAS_BIAS=bias is not None, HAS_STATE=state is not None, HAS_SEQ=seq is not None,
+        SILU=silu, ACC=_tl_acc(x, weight, bias, state),
     )  # fmt: skip
     return y
 
 
-def _causal_conv1d_bwd(x, weight, bias, state, dy, dfinal, silu):
+def _causal_conv1d_bwd(x, weight, bias, state, dy, dfinal, silu, seq=None):
     B, D, L = x.shape
     K = weight.shape[1]
     acc = _compute_dtype(x, weight, bias, state)
@@ -479,11 +508,11 @@ def _causal_conv1d_bwd(x, weight, bias, state, dy, dfinal, silu):
     dw_part = torch.empty(B, nc, D, K, device=x.device, dtype=acc)
     db_part = None if bias is None else torch.empty(B, nc, D, device=x.device, dtype=acc)
     _causal_conv1d_bwd_kernel[(nc, triton.cdiv(D, BD), B)](
-        x, weight, x if bias is None else bias, x if state is None else state, dy,
+        x, weight, x if bias is None else bias, x if state is None else state, x if seq is None else seq, dy,
         x if dfinal is None else dfinal, dx, x if ds is None else ds, dw_part,
         dw_part if db_part is None else db_part, D, L, per,
         K=K, KP=triton.next_power_of_2(K), BD=BD, BL=BL, HAS_BIAS=bias is not None,
-        HAS_STATE=state is not None, HAS_DFINAL=dfinal is not None, SILU=silu,
+        HAS_STATE=state is not None, HAS_SEQ=seq is not None, HAS_DFINAL=dfinal is not None, SILU=silu,
         ACC=_tl_acc(x, weight, bias, state),
     )  # fmt: skip
     dw = dw_part.sum((0, 1)).to(weight.dtype)
@@ -517,14 +546,15 @@ def _causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=No
 
 class _CausalConv1dTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, initial_state, silu):
+    def forward(ctx, x, weight, bias, initial_state, silu, seq_idx=None):
         K = weight.shape[1]
         x, weight = x.contiguous(), weight.contiguous()
         bias = None if bias is None else bias.contiguous()
         state = None if initial_state is None or K == 1 else initial_state.contiguous()
-        y = _causal_conv1d_fwd(x, weight, bias, state, silu)
+        seq = None if seq_idx is None else seq_idx.contiguous()
+        y = _causal_conv1d_fwd(x, weight, bias, state, silu, seq)
         final = _padded_input(x, initial_state, K)[..., x.shape[-1] :].contiguous()
-        ctx.save_for_backward(x, weight, bias, state)
+        ctx.save_for_backward(x, weight, bias, state, seq)
         ctx.silu = silu
         ctx.has_state = initial_state is not None
         ctx.set_materialize_grads(False)
@@ -532,14 +562,14 @@ class _CausalConv1dTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, weight, bias, state = ctx.saved_tensors
+        x, weight, bias, state, seq = ctx.saved_tensors
         K = weight.shape[1]
         dy = torch.zeros_like(x) if dy is None else dy.contiguous()
         dfinal = None if dfinal is None or K == 1 else dfinal.contiguous()
-        dx, dw, db, ds = _causal_conv1d_bwd(x, weight, bias, state, dy, dfinal, ctx.silu)
+        dx, dw, db, ds = _causal_conv1d_bwd(x, weight, bias, state, dy, dfinal, ctx.silu, seq)
         if ctx.has_state and ds is None:  # K == 1: the state is empty
             ds = x.new_zeros(x.shape[0], x.shape[1], 0)
-        return dx, dw, db, ds if ctx.has_state else None, None
+        return dx, dw, db, ds if ctx.has_state else None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -633,8 +663,7 @@ def causal_conv1d(
     return_final_states, final_states_out, activation)``: a string fourth argument is the activation, a tensor
     is seq_idx. ``initial_states`` and ``return_final_states`` are aliases of the singular names.
     ``impl``: "ref", "torch", "triton" or None (Triton on CUDA, torch elsewhere; if the Triton kernel fails to
-    compile or launch, one warning and the torch path from then on). With seq_idx the Triton path runs the torch
-    path.
+    compile or launch, one warning and the torch path from then on).
     """
     if len(args) > 5:
         raise TypeError(f"causal_conv1d takes at most 8 positional arguments ({3 + len(args)} given)")
@@ -654,10 +683,11 @@ def causal_conv1d(
     args = (x, weight, bias, activation, initial_state, return_final_state)
     if impl == "ref":
         out = causal_conv1d_ref(*args, seq_idx=seq_idx)
-    elif impl == "torch" or seq_idx is not None:  # the Triton kernels have no seq_idx: the torch path runs
+    elif impl == "torch":
         out = causal_conv1d_torch(*args, seq_idx=seq_idx)
     else:
-        out = run_triton("causal_conv1d", requested, _causal_conv1d_triton, causal_conv1d_torch, *args)
+        kwargs = {} if seq_idx is None else {"seq_idx": seq_idx}
+        out = run_triton("causal_conv1d", requested, _causal_conv1d_triton, causal_conv1d_torch, *args, **kwargs)
     if return_final_state and final_states_out is not None:
         y, final = out
         final_states_out.copy_(final)
@@ -665,8 +695,9 @@ def causal_conv1d(
     return out
 
 
-def _causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
-    y, final = _CausalConv1dTriton.apply(x, weight, bias, initial_state, activation is not None)
+def _causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False, *,
+                          seq_idx=None):
+    y, final = _CausalConv1dTriton.apply(x, weight, bias, initial_state, activation is not None, seq_idx)
     return (y, final) if return_final_state else y
 
 
