@@ -8,7 +8,6 @@ constant-memory encode. Moving a slice slider or a window preset only redraws fr
 from __future__ import annotations
 
 import html
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -77,24 +76,18 @@ class CTResult:
         return psnr, float(np.mean(np.abs(self.grid - self.recon)))
 
 
-def _dicom_zip(path: Path, settings: Settings, into: Path) -> Path:
-    """Unpack the files of a zipped DICOM series (names flattened: nothing is written outside ``into``)."""
+def _check_zip(path: Path, settings: Settings) -> None:
+    """This demo's limits on a zipped DICOM series, from the archive's directory alone (``load_ct`` unpacks it)."""
     try:
         with zipfile.ZipFile(path) as z:
-            members = [m for m in z.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX")]
-            if not members:
-                raise UserError(f"{path.name} holds no files; zip the folder of one DICOM series")
-            if len(members) > 5000:
-                raise UserError(f"{path.name} holds {len(members)} files; a series of at most 5000 slices is accepted")
-            total = sum(m.file_size for m in members)
-            if total > settings.max_unzipped_mb * MB:
-                raise UserError(f"{path.name} expands to {total / MB:.0f} MB, over the "
-                                f"{settings.max_unzipped_mb:g} MB limit")
-            for i, m in enumerate(members):
-                (into / f"{i:05d}.dcm").write_bytes(z.read(m))
-    except zipfile.BadZipFile:
-        raise UserError(f"{path.name} is not a readable zip file") from None
-    return into
+            members = [m for m in z.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return  # load_ct names the problem in its own words
+    if len(members) > 5000:
+        raise UserError(f"{path.name} holds {len(members)} files; a series of at most 5000 slices is accepted")
+    total = sum(m.file_size for m in members)
+    if total > settings.max_unzipped_mb * MB:
+        raise UserError(f"{path.name} expands to {total / MB:.0f} MB, over the {settings.max_unzipped_mb:g} MB limit")
 
 
 def _check_nifti_size(path: Path, settings: Settings) -> None:
@@ -116,10 +109,9 @@ def load_volume(path: str | Path, settings: Settings):
 
     p = check_upload(path, VOLUME_SUFFIXES, "a CT volume (NIfTI, or a zip of a DICOM series)", settings)
     if p.name.lower().endswith(".zip"):
-        with tempfile.TemporaryDirectory(prefix="mmseq-dicom-") as tmp:
-            folder = _dicom_zip(p, settings, Path(tmp))
-            return load_ct(folder)
-    _check_nifti_size(p, settings)
+        _check_zip(p, settings)
+    else:
+        _check_nifti_size(p, settings)
     return load_ct(p)
 
 

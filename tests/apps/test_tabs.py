@@ -249,7 +249,7 @@ def test_medical_reads_a_zipped_dicom_series(medical, tmp_path):
 @pytest.mark.parametrize(("name", "needle"), [
     ("not_a_volume.nii.gz", "not_a_volume.nii.gz is not a readable NIfTI file"),
     ("not_a_volume.nii", "not_a_volume.nii"),
-    ("not_a_series.zip", "not_a_series.zip is not a readable zip file"),
+    ("not_a_series.zip", "not_a_series.zip is not a readable zip archive"),
     ("notes.txt", "notes.txt: not a CT volume"),
 ])
 def test_medical_bad_files_give_a_message(fakes, name, needle):
