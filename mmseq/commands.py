@@ -57,3 +57,10 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+def shipped_model_dir(name: str) -> Path:
+    """The folder of a model that ships inside the package (``mmseq/assets/<name>``); it may not exist."""
+    from importlib import resources
+
+    return Path(str(resources.files("mmseq") / "assets" / name))

@@ -8,11 +8,11 @@ as ``_unknown_`` (with the best guess alongside) rather than forced into a keywo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
 
+from mmseq.commands import shipped_model_dir
 from mmseq.errors import UserError
 
 from .io import fix_length, load_audio, sliding_windows
@@ -37,7 +37,7 @@ class Prediction:
 
 def default_model_dir() -> Path:
     """The small SC35 model that ships inside the package (mmseq/assets/keywords_sc35)."""
-    return Path(str(resources.files("mmseq") / "assets" / DEFAULT_MODEL))
+    return shipped_model_dir(DEFAULT_MODEL)
 
 
 def load_classifier(checkpoint: str | Path | None = None) -> AudioClassifier:

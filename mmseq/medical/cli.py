@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mmseq.commands import DatasetMaker, positive_int, register_dataset
+from mmseq.commands import shipped_model_dir as _asset
 from mmseq.errors import UserError
 
 SHIPPED_TOKENIZER = "ct_tokenizer"
@@ -34,12 +35,6 @@ class CTPhantomSet(DatasetMaker):
         summary = make_ct_phantoms(out_dir, n=args.n, seed=args.seed)
         print(json.dumps(summary, indent=2, default=str))
         return 0
-
-
-def _asset(name: str) -> Path:
-    from importlib import resources
-
-    return Path(str(resources.files("mmseq") / "assets" / name))
 
 
 def load_tokenizer(checkpoint: str | None):

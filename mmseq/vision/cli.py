@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mmseq.commands import DatasetMaker, positive_int, register_dataset
+from mmseq.commands import shipped_model_dir as _asset
 from mmseq.errors import UserError
 
 SHIPPED_SEGMENTER = "street_segmenter"
@@ -55,12 +56,6 @@ class StreetScenes(DatasetMaker):
                                      val_fraction=args.val_fraction)
         print(json.dumps(summary, indent=2, default=str))
         return 0
-
-
-def _asset(name: str) -> Path:
-    from importlib import resources
-
-    return Path(str(resources.files("mmseq") / "assets" / name))
 
 
 def load_segmenter(checkpoint: str | None):

@@ -249,6 +249,21 @@ def _need_dir(path: Path, layout: str) -> Path:
     return path
 
 
+def _pair_labels(images, candidates, table: np.ndarray):
+    """(files, tables, missing) for ``images``: each image's label is the first existing path of
+    ``candidates(img)`` = (train-id file, raw-id file, ...): the first needs no table, the others ``table``."""
+    files, tables, missing = [], [], []
+    for img in images:
+        paths = candidates(img)
+        found = next((i for i, p in enumerate(paths) if p.is_file()), None)
+        if found is None:
+            missing.append(img)
+        else:
+            files.append((img, paths[found]))
+            tables.append(None if found == 0 else table)
+    return files, tables, missing
+
+
 def _no_pairs(folder: Path, layout: str, missing: list[Path] | None = None) -> UserError:
     if missing:
         return UserError(f"no label for {len(missing)} image(s) under {folder}, e.g. {missing[0]} "
@@ -273,20 +288,13 @@ class Cityscapes(SegmentationFolder):
         image_dir = _need_dir(self.root / "leftImg8bit" / split, self.LAYOUT)
         label_dir = self.root / "gtFine" / split
         table = lut(CITYSCAPES_TO_TRAIN)
-        files, tables, missing = [], [], []
-        for img in sorted(image_dir.glob("*/*_leftImg8bit.png")):
+
+        def candidates(img: Path) -> tuple[Path, Path]:
             stem = img.name[: -len("_leftImg8bit.png")]
-            base = label_dir / img.parent.name / stem
-            train_ids = base.with_name(f"{stem}_gtFine_labelTrainIds.png")
-            label_ids = base.with_name(f"{stem}_gtFine_labelIds.png")
-            if train_ids.is_file():
-                files.append((img, train_ids))
-                tables.append(None)
-            elif label_ids.is_file():
-                files.append((img, label_ids))
-                tables.append(table)
-            else:
-                missing.append(img)
+            folder = label_dir / img.parent.name
+            return folder / f"{stem}_gtFine_labelTrainIds.png", folder / f"{stem}_gtFine_labelIds.png"
+
+        files, tables, missing = _pair_labels(sorted(image_dir.glob("*/*_leftImg8bit.png")), candidates, table)
         if missing or not files:
             raise _no_pairs(image_dir, self.LAYOUT, missing)
         super().__init__(files, tables)
@@ -334,22 +342,14 @@ class GTA5(SegmentationFolder):
                                   f"using every image", stacklevel=2)
         _need_dir(label_dir, self.LAYOUT)
         table = lut(CITYSCAPES_TO_TRAIN)
-        files, tables, missing = [], [], []
-        images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        for img in images:
-            if stems is not None and img.stem not in stems:
-                continue
-            rel = img.parent.relative_to(image_dir)
-            train_ids = label_dir / rel / f"{img.stem}_labelTrainIds.png"
-            raw = label_dir / rel / f"{img.stem}.png"
-            if train_ids.is_file():
-                files.append((img, train_ids))
-                tables.append(None)
-            elif raw.is_file():
-                files.append((img, raw))
-                tables.append(table)
-            else:
-                missing.append(img)
+        images = [p for p in sorted(image_dir.rglob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg")
+                  and (stems is None or p.stem in stems)]
+
+        def candidates(img: Path) -> tuple[Path, Path]:
+            folder = label_dir / img.parent.relative_to(image_dir)
+            return folder / f"{img.stem}_labelTrainIds.png", folder / f"{img.stem}.png"
+
+        files, tables, missing = _pair_labels(images, candidates, table)
         if missing or not files:
             raise _no_pairs(image_dir, self.LAYOUT, missing)
         super().__init__(files, tables)
@@ -388,20 +388,9 @@ class Synthia(SegmentationFolder):
                     stems = set(_read_list(found))
         _need_dir(label_dir, self.LAYOUT)
         table = lut(SYNTHIA_TO_TRAIN, 65536)
-        files, tables, missing = [], [], []
-        for img in sorted(image_dir.glob("*.png")):
-            if stems is not None and img.stem not in stems:
-                continue
-            train_ids = label_dir / f"{img.stem}_labelTrainIds.png"
-            raw = label_dir / img.name
-            if train_ids.is_file():
-                files.append((img, train_ids))
-                tables.append(None)
-            elif raw.is_file():
-                files.append((img, raw))
-                tables.append(table)
-            else:
-                missing.append(img)
+        images = [img for img in sorted(image_dir.glob("*.png")) if stems is None or img.stem in stems]
+        files, tables, missing = _pair_labels(
+            images, lambda img: (label_dir / f"{img.stem}_labelTrainIds.png", label_dir / img.name), table)
         if missing or not files:
             raise _no_pairs(image_dir, self.LAYOUT, missing)
         super().__init__(files, tables)
@@ -474,19 +463,10 @@ class Mapillary(SegmentationFolder):
         image_dir = _need_dir(self.root / split / "images", self.LAYOUT)
         labels, v12 = self.root / split / "labels", self.root / split / "v1.2" / "labels"
         table = lut(MAPILLARY_TO_TRAIN)
-        files, tables, missing = [], [], []
-        for img in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
-            train_ids = labels / f"{img.stem}_labelTrainIds.png"
-            if train_ids.is_file():
-                files.append((img, train_ids))
-                tables.append(None)
-                continue
-            raw = next((p for p in (v12 / f"{img.stem}.png", labels / f"{img.stem}.png") if p.is_file()), None)
-            if raw is None:
-                missing.append(img)
-            else:
-                files.append((img, raw))
-                tables.append(table)
+        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        files, tables, missing = _pair_labels(
+            images, lambda img: (labels / f"{img.stem}_labelTrainIds.png", v12 / f"{img.stem}.png",
+                                 labels / f"{img.stem}.png"), table)
         if not files and (self.root / split / "v2.0" / "labels").is_dir():
             raise UserError(f"{self.root / split} has only v2.0 labels (124 ids); the Mapillary table maps the "
                             f"v1.2 ids (expected {self.LAYOUT})")
