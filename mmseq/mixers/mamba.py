@@ -18,8 +18,9 @@ weights of an official checkpoint (``backbone.layers.{i}.mixer.*``) load with ``
 
 ``forward`` runs ``mmseq.kernels.causal_conv1d`` and ``selective_scan``; ``step`` runs their one-token
 versions ``causal_conv1d_update`` and ``selective_state_update``, so streaming reproduces ``forward``.
-The conv state keeps the K-1 previous inputs of the conv (the kernels' layout; ``mamba_ssm`` keeps K,
-the newest included).
+The conv state keeps the K-1 previous inputs of the conv, oldest first (the shortest state
+``causal_conv1d_update`` takes); ``mamba_ssm``'s [B, E, K] states, the newest input included, work with that
+kernel unchanged, since it reads any state of K-1 or more inputs in the same order.
 """
 
 from __future__ import annotations
