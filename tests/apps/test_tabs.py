@@ -203,38 +203,13 @@ def test_report_html_marks_stated_and_ruled_out_findings():
 
 
 def _write_dicom_zip(path, hu):
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    """``hu [K, R, C]`` as a DICOM series (4 mm voxels) zipped under hostile member names."""
+    from tests.medical._writers import write_dicom_series
 
-    series, study = generate_uid(), generate_uid()
+    folder = write_dicom_series(path.parent / "series", hu, spacing=(4.0, 4.0, 4.0), origin=(0.0, 0.0, 0.0))
     with zipfile.ZipFile(path, "w") as z:
-        for k in range(hu.shape[0]):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, "CT"
-            ds.InstanceNumber = k + 1
-            ds.ImagePositionPatient = [0.0, 0.0, 4.0 * k]
-            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ds.PixelSpacing, ds.SliceThickness = [4.0, 4.0], 4.0
-            ds.Rows, ds.Columns = hu.shape[1:]
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-            ds.PixelData = (hu[k] + 1024).astype("<i2").tobytes()
-            local = path.parent / f"slice{k}.dcm"
-            try:
-                pydicom.dcmwrite(local, ds, enforce_file_format=True)
-            except TypeError:  # pydicom 2.x
-                ds.is_little_endian, ds.is_implicit_VR = True, False
-                pydicom.dcmwrite(local, ds, write_like_original=False)
-            z.write(local, f"series/../../IM{k:03d}")  # a hostile name is flattened, never followed
-            local.unlink()
+        for k, f in enumerate(sorted(folder.iterdir())):
+            z.write(f, f"series/../../IM{k:03d}")  # a hostile name is flattened, never followed
 
 
 def test_medical_reads_a_zipped_dicom_series(medical, tmp_path):
