@@ -6,21 +6,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("gradio", reason="the demos need the apps extra: pip install -e '.[apps]'")
+from tests.vision._helpers import TINY_MFUSER
 
-# A random MFuser small enough to build and run in seconds (as tests/vision/test_task.py's TINY_MODEL).
-TINY_SEGMENTER = {
-    "dinov2": {"model_name": "vit_small_patch14_dinov2", "frozen": False, "embed_dim": 32, "depth": 2,
-               "num_heads": 2},
-    "clip": {"frozen": False, "model_cfg": {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 112, "layers": 2, "width": 32, "head_width": 16, "patch_size": 14},
-        "text_cfg": {"context_length": 13, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}},
-    "img_size": 112,
-    "fuser": {"d_state": 4, "dropout": 0.0},
-    "enhancer": {"width": 16, "num_heads": 2, "dropout": 0.0},
-    "head": {"name": "light", "hidden_dim": 32, "num_heads": 2},
-}
+pytest.importorskip("gradio", reason="the demos need the apps extra: pip install -e '.[apps]'")
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +23,7 @@ def tiny_segmenter(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no pretrained weights: random init"
-        model = MFuser(**TINY_SEGMENTER)
+        model = MFuser(**TINY_MFUSER)
     out = tmp_path_factory.mktemp("tiny_segmenter")
     model.save_pretrained(out)
     return out

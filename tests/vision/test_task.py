@@ -16,22 +16,12 @@ from PIL import Image
 
 from mmseq.vision.labels import IGNORE, NUM_CLASSES
 from mmseq.vision.scenes import make_street_scenes
+from tests.vision._helpers import TINY_MFUSER
 
 DOMAINS = ("synthetic", "realistic", "adverse")
 
-TINY_MODEL = {
-    "dinov2": {"model_name": "vit_small_patch14_dinov2", "frozen": False, "embed_dim": 32, "depth": 2,
-               "num_heads": 2},
-    "clip": {"frozen": False, "model_cfg": {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 112, "layers": 2, "width": 32, "head_width": 16, "patch_size": 14},
-        "text_cfg": {"context_length": 13, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}},
-    "img_size": 112,
-    "fuser": {"d_state": 4, "dropout": 0.0},
-    "enhancer": {"width": 16, "num_heads": 2, "dropout": 0.0},
-    "head": {"name": "light", "hidden_dim": 32, "num_heads": 2},
-    "loss": {"num_points": 256},
-}
+# The segmentation config's model section: the tiny MFuser plus few loss points.
+TINY_MODEL = {**TINY_MFUSER, "loss": {"num_points": 256}}
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +141,7 @@ def test_frozen_towers_get_no_gradient_and_only_adapters_train(tmp_path):
     from mmseq.vision.losses import MaskClassificationLoss
     from mmseq.vision.model import MFuser
 
-    model_args = {k: v for k, v in TINY_MODEL.items() if k != "loss"}
+    model_args = dict(TINY_MFUSER)
     model_args["dinov2"] = {**model_args["dinov2"], "frozen": True}
     model_args["clip"] = {**model_args["clip"], "frozen": True}
     with warnings.catch_warnings():
@@ -176,7 +166,7 @@ def test_frozen_towers_get_no_gradient_and_only_adapters_train(tmp_path):
 def test_fusion_modes_share_the_head_and_export(fusion, tmp_path):
     from mmseq.vision.model import MFuser
 
-    model_args = {k: v for k, v in TINY_MODEL.items() if k != "loss"}
+    model_args = dict(TINY_MFUSER)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = MFuser(fusion=fusion, **model_args).eval()
@@ -193,7 +183,7 @@ def test_fusion_modes_share_the_head_and_export(fusion, tmp_path):
 def test_mixer_swap_in_the_fusers(tmp_path):
     from mmseq.vision.model import MFuser
 
-    model_args = {k: v for k, v in TINY_MODEL.items() if k != "loss"}
+    model_args = dict(TINY_MFUSER)
     model_args["fuser"] = {"d_state": 4, "mixer": {"name": "attention", "n_heads": 2}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
