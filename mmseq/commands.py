@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmseq.errors import UserError
 from mmseq.registry import Registry
 
 
@@ -64,3 +65,12 @@ def shipped_model_dir(name: str) -> Path:
     from importlib import resources
 
     return Path(str(resources.files("mmseq") / "assets" / name))
+
+
+def load_model(cls, checkpoint: str | Path | None, shipped: str, what: str):
+    """``cls.from_pretrained`` of ``checkpoint`` (a run or model folder), or of the shipped model ``shipped``
+    when it is None; a missing shipped model is one line naming ``what`` and the way out."""
+    path = Path(checkpoint) if checkpoint else shipped_model_dir(shipped)
+    if checkpoint is None and not path.is_dir():
+        raise UserError(f"no {what} ships with this installation; pass --checkpoint RUN_OR_MODEL_DIR")
+    return cls.from_pretrained(path)

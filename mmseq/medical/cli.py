@@ -8,8 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmseq.commands import DatasetMaker, positive_int, register_dataset
-from mmseq.commands import shipped_model_dir as _asset
+from mmseq.commands import DatasetMaker, load_model, positive_int, register_dataset
 from mmseq.errors import UserError
 
 SHIPPED_TOKENIZER = "ct_tokenizer"
@@ -40,19 +39,13 @@ class CTPhantomSet(DatasetMaker):
 def load_tokenizer(checkpoint: str | None):
     from .tokenizer import CTTokenizer
 
-    path = Path(checkpoint) if checkpoint else _asset(SHIPPED_TOKENIZER)
-    if checkpoint is None and not path.is_dir():
-        raise UserError("no CT tokenizer ships with this installation; pass --checkpoint RUN_OR_MODEL_DIR")
-    return CTTokenizer.from_pretrained(path)
+    return load_model(CTTokenizer, checkpoint, SHIPPED_TOKENIZER, "CT tokenizer")
 
 
 def load_reporter(checkpoint: str | None):
     from .report_model import ReportGenerator
 
-    path = Path(checkpoint) if checkpoint else _asset(SHIPPED_REPORTER)
-    if checkpoint is None and not path.is_dir():
-        raise UserError("no report generator ships with this installation; pass --checkpoint RUN_OR_MODEL_DIR")
-    return ReportGenerator.from_pretrained(path)
+    return load_model(ReportGenerator, checkpoint, SHIPPED_REPORTER, "report generator")
 
 
 def _is_volume_file(p: Path) -> bool:

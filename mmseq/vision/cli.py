@@ -9,8 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mmseq.commands import DatasetMaker, positive_int, register_dataset
-from mmseq.commands import shipped_model_dir as _asset
+from mmseq.commands import DatasetMaker, load_model, positive_int, register_dataset, shipped_model_dir
 from mmseq.errors import UserError
 
 SHIPPED_SEGMENTER = "street_segmenter"
@@ -61,10 +60,7 @@ class StreetScenes(DatasetMaker):
 def load_segmenter(checkpoint: str | None):
     from .model import MFuser
 
-    path = Path(checkpoint) if checkpoint else _asset(SHIPPED_SEGMENTER)
-    if checkpoint is None and not path.is_dir():
-        raise UserError("no segmentation model ships with this installation; pass --checkpoint RUN_OR_MODEL_DIR")
-    return MFuser.from_pretrained(path)
+    return load_model(MFuser, checkpoint, SHIPPED_SEGMENTER, "segmentation model")
 
 
 def _image_inputs(paths: list[str]) -> list[Path]:
@@ -161,4 +157,4 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def info() -> dict:
     """Whether a segmentation model ships with this installation."""
-    return {"shipped_segmenter": _asset(SHIPPED_SEGMENTER).is_dir()}
+    return {"shipped_segmenter": shipped_model_dir(SHIPPED_SEGMENTER).is_dir()}

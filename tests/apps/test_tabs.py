@@ -94,9 +94,9 @@ def test_vision_bad_files_give_a_message(vision, fakes, name, needle):
 def test_vision_without_a_model_says_so(monkeypatch, tmp_path):
     from mmseq.apps.vision import VisionDemo
 
-    import mmseq.vision.cli as vision_cli
+    import mmseq.commands
 
-    monkeypatch.setattr(vision_cli, "_asset", lambda name: tmp_path / "missing")
+    monkeypatch.setattr(mmseq.commands, "shipped_model_dir", lambda name: tmp_path / "missing")
     out = VisionDemo(Settings()).on_upload(str(SCENE), 0.5)
     assert _is_error(out[3], "no segmentation model ships with this installation")
 

@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from mmseq.cli import main
-from mmseq.medical.cli import SHIPPED_REPORTER, SHIPPED_TOKENIZER, _asset, load_reporter, load_tokenizer
+from mmseq.commands import shipped_model_dir
+from mmseq.medical.cli import SHIPPED_REPORTER, SHIPPED_TOKENIZER, load_reporter, load_tokenizer
 from mmseq.medical.ctrate import CTRate
 from mmseq.medical.io import CTPreprocess, load_ct, preprocess
 
@@ -29,7 +30,7 @@ def unseen(tmp_path_factory) -> Path:
 
 
 def test_shipped_tokenizer_loads_with_its_card():
-    directory = _asset(SHIPPED_TOKENIZER)
+    directory = shipped_model_dir(SHIPPED_TOKENIZER)
     assert (directory / "model.safetensors").stat().st_size < 10_000_000
     card = (directory / "README.md").read_text()
     assert "mmseq train configs/medical/tokenizer_stage3.yaml" in card and "PSNR" in card
@@ -60,7 +61,7 @@ def test_shipped_tokenizer_reconstructs_unseen_phantoms(unseen):
 
 
 def test_shipped_report_generator_writes_a_report(unseen, capsys):
-    directory = _asset(SHIPPED_REPORTER)
+    directory = shipped_model_dir(SHIPPED_REPORTER)
     card = (directory / "README.md").read_text()
     assert "mmseq train configs/medical/report.yaml" in card
     assert load_reporter(None).vocab_size > 100

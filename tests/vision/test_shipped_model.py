@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmseq.vision.cli import SHIPPED_SEGMENTER, _asset, load_segmenter, segment_image
+from mmseq.commands import shipped_model_dir
+from mmseq.vision.cli import SHIPPED_SEGMENTER, load_segmenter, segment_image
 from mmseq.vision.evaluate import SegmentationIoU
 from mmseq.vision.labels import NUM_CLASSES
 from mmseq.vision.scenes import render_scene
 
-ASSET = _asset(SHIPPED_SEGMENTER)
+ASSET = shipped_model_dir(SHIPPED_SEGMENTER)
 
 
 def test_the_model_ships_with_a_card():
