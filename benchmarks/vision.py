@@ -97,8 +97,6 @@ def fuser_table(width: int, sides, device, repeats: int, max_seconds: float) -> 
 
 
 def segment_speed(n_images: int, checkpoint: str | None) -> str:
-    import tempfile
-
     from mmseq.vision.cli import load_segmenter, segment_image
     from mmseq.vision.scenes import render_scene
 
@@ -109,7 +107,6 @@ def segment_speed(n_images: int, checkpoint: str | None) -> str:
     for image in images:
         segment_image(model, image)
     elapsed = time.perf_counter() - start
-    del tempfile
     return (f"`mmseq segment` ({'shipped model' if checkpoint is None else checkpoint}, 256x512 scenes, sliding "
             f"window {model.img_size}): {n_images / elapsed:.2f} images/s ({1e3 * elapsed / n_images:.0f} ms an "
             f"image) over {n_images} images")

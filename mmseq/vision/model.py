@@ -171,9 +171,6 @@ class MFuser(PretrainedMixin, nn.Module):
         """The image towers in scan order: DINOv2 first, then CLIP (the official concatenation order)."""
         return [t for t in (self.dino, self.clip.visual if self.fusion != "dinov2" else None) if t is not None]
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     def encode_image(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
         """images [B, 3, H, W] in [0, 1] -> (4 pyramid maps, visual embedding [B, 1 + h*w, E], grid (h, w))."""
         towers = self.towers()

@@ -24,7 +24,7 @@ from mmseq.runner.config import to_dict
 from mmseq.runner.module import TaskModule
 from mmseq.runner.task import Task, register_task
 
-from .labels import CLASSES, IGNORE
+from .labels import CLASSES
 
 SOURCE = "source"
 
@@ -78,6 +78,11 @@ class SegmentationModelConfig:
 _NOT_MODEL_ARGS = ("loss", "score_map_weight")
 
 
+def eval_domains(data_cfg) -> list[str]:
+    """Evaluation sets in order: the source's val split (when given), then the targets."""
+    return ([SOURCE] if data_cfg.source_val is not None else []) + list(data_cfg.targets)
+
+
 class RepeatedAugmented(Dataset):
     """``repeats`` augmented passes over a data set as one index space: item i is base item i % N drawn with
     augmentation seed (seed, i), so a crop is a pure function of the index and a resumed run redraws it."""
@@ -119,8 +124,7 @@ class SegmentationDataModule(SplitDataModule):
         self.cfg, self.max_steps = cfg, max_steps
 
     def domains(self) -> list[str]:
-        """Evaluation sets in order: the source's val split (when given), then the targets."""
-        return ([SOURCE] if self.cfg.source_val is not None else []) + list(self.cfg.targets)
+        return eval_domains(self.cfg)
 
     def _open(self, spec, key: str) -> Dataset:
         from .datasets import open_dataset
@@ -317,10 +321,7 @@ class SegmentationTask(Task):
 
     def build_module(self, model) -> SegmentationModule:
         d = self.cfg.data
-        domains = SegmentationDataModule(d, self.cfg.seed, 1).domains()
-        return SegmentationModule(model, self.cfg.optim, self.cfg.trainer.max_steps, domains,
+        return SegmentationModule(model, self.cfg.optim, self.cfg.trainer.max_steps, eval_domains(d),
                                   loss=to_dict(self.cfg.model.loss), score_map_weight=self.cfg.model.score_map_weight,
                                   window=d.window, stride=d.stride, seed=self.cfg.seed)
 
-
-assert IGNORE == 255
