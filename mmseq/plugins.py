@@ -24,7 +24,7 @@ BUILTIN_TASKS = {
     "passkey": "mmseq.synthetic.tasks",
     "keywords": "mmseq.audio.tasks",
     "ct-tokenizer": "mmseq.medical.tasks",
-    "ct-report": "mmseq.medical.tasks",
+    "ct-report": "mmseq.medical.report_task",
     "segmentation": "mmseq.vision.tasks",
 }
 
