@@ -8,7 +8,7 @@ split; the valid volumes are shared out alternately to validation and test.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -16,12 +16,15 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from mmseq.data import SplitDataModule
-from mmseq.errors import ConfigError
+from mmseq.errors import ConfigError, UserError
 from mmseq.runner.config import path_field, to_dict
 from mmseq.runner.module import TaskModule
 from mmseq.runner.task import Task, register_task
 
 from .tokenizer import CTTokenizer, reconstruction_losses
+
+if TYPE_CHECKING:
+    from .perceptual import LPIPS
 
 
 def ctrate_split(root: str, split: str, **kwargs):
@@ -71,10 +74,19 @@ class CTTokenizerModelConfig:
     entropy_start: float = 0.3  # the entropy weight anneals linearly from this to entropy_weight ...
     entropy_anneal_steps: int = 2000  # ... over these steps (BTB3D: 0.3 -> 0.1 over 2,000 steps)
     adversarial: dict[str, Any] | None = None  # AdversarialConfig fields; None = no discriminator
+    # Optional LPIPS term on axial slices (mmseq.medical.perceptual), from the user's weights files only: no
+    # pretrained network is downloaded. With weights given, 0.3 is BTB3D's perceptual weight (refs: btb3d.md
+    # section 2; theirs is an MSE of VGG16 logits, not LPIPS).
+    lpips_weight: float = 0.0
+    lpips_net: str = "vgg"  # vgg | alex
+    lpips_weights: str | None = path_field(None)  # lin layers (lpips' weights/v0.1/<net>.pth), or one file with both
+    lpips_backbone_weights: str | None = path_field(None)  # torchvision's <net> state dict beside a lin-only file
+    lpips_slices: int = 0  # axial slices compared per step (drawn per step, same for the batch); 0 = all
 
 
 _TOKENIZER_EXTRA = ("init_from", "trainable", "l1_weight", "ssim_weight", "entropy_start", "entropy_anneal_steps",
-                    "adversarial")
+                    "adversarial", "lpips_weight", "lpips_net", "lpips_weights", "lpips_backbone_weights",
+                    "lpips_slices")
 
 
 @dataclass
@@ -128,17 +140,24 @@ def entropy_weight_at(step: int, start: float, end: float, steps: int) -> float:
 
 
 class CTTokenizerModule(TaskModule):
-    """L1 (+ SSIM) reconstruction + LFQ commitment and entropy terms; PSNR, SSIM, L1 and code usage."""
+    """L1 (+ SSIM, + LPIPS) reconstruction + LFQ commitment and entropy terms; PSNR, SSIM, L1 and code usage."""
 
     def __init__(self, model: CTTokenizer, optim, max_steps: int, *, seed: int, crop_depth: int | None,
                  l1_weight: float, ssim_weight: float, entropy_start: float, entropy_end: float,
-                 entropy_anneal_steps: int, adversarial: dict | None = None) -> None:
+                 entropy_anneal_steps: int, adversarial: dict | None = None, lpips: LPIPS | None = None,
+                 lpips_weight: float = 0.0, lpips_slices: int = 0) -> None:
         metrics = {"psnr": lambda: PeakSignalNoiseRatio(data_range=2.0), "l1": MeanMetric, "ssim": MeanMetric,
                    "code_usage": MeanMetric}
         super().__init__(model, optim, max_steps, metrics=metrics, prog_bar=("psnr",))
         self.seed, self.crop_depth = seed, crop_depth
         self.l1_weight, self.ssim_weight = l1_weight, ssim_weight
         self.entropy = (entropy_start, entropy_end, entropy_anneal_steps)
+        if lpips_weight and lpips is None:
+            raise ValueError("lpips_weight > 0 needs an LPIPS module (mmseq.medical.perceptual.load_lpips)")
+        self.lpips_weight, self.lpips_slices = lpips_weight, lpips_slices
+        # Held outside the module tree: the frozen network is the user's file, not part of this run, so it stays
+        # out of the checkpoints, the exported model and the optimizer (slice_lpips moves it to the batch's device).
+        self._lpips = (lpips,) if lpips is not None and lpips_weight else ()
         self.adv = AdversarialConfig(**adversarial) if adversarial is not None else None
         self.discriminator = None
         if self.adv is not None:
@@ -214,9 +233,17 @@ class CTTokenizerModule(TaskModule):
 
     def loss(self, outputs, batch) -> torch.Tensor:
         x, x_hat, aux = outputs
-        rec = reconstruction_losses(x, x_hat, l1_weight=self.l1_weight, ssim_weight=self.ssim_weight)
+        lpips = {}
+        if self._lpips:
+            # Seeded by the step, as the crops are, so a resumed run compares the slices it would have compared.
+            gen = torch.Generator().manual_seed(self.seed * 1_000_033 + self.global_step)
+            lpips = {"lpips": self._lpips[0], "lpips_weight": self.lpips_weight, "lpips_slices": self.lpips_slices,
+                     "generator": gen}
+        rec = reconstruction_losses(x, x_hat, l1_weight=self.l1_weight, ssim_weight=self.ssim_weight, **lpips)
         if self.training:
             self.log("train/l1", rec["l1"], batch_size=x.shape[0])
+            if self._lpips:
+                self.log("train/lpips", rec["lpips"].detach(), batch_size=x.shape[0])
         aux_loss = aux["loss"] if any(p.requires_grad for p in self.model.quantizer.parameters()) or \
             any(p.requires_grad for p in self.model.encoder.parameters()) else x.new_zeros(())
         return rec["loss"] + aux_loss
@@ -259,6 +286,7 @@ class CTTokenizerTask(Task):
             if self.cfg.trainer.precision == "16-mixed":
                 raise ConfigError("config key 'trainer.precision': 16-mixed is not supported with "
                                   "model.adversarial (two optimizers, one loss scaler); use bf16-mixed or 32-true")
+        self._check_lpips()
         bad = [p for p in m.trainable if p not in PARTS]
         if bad or not m.trainable:
             raise ConfigError(f"config key 'model.trainable': parts among {', '.join(PARTS)}, got {list(m.trainable)}")
@@ -270,6 +298,29 @@ class CTTokenizerTask(Task):
                                   f"(e.g. {1 + t}), got {d.crop_depth}")
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config section 'model': {e}") from None
+
+    def _check_lpips(self) -> None:
+        from .perceptual import LPIPSFileError, check_lpips_files, net_name
+
+        m = self.cfg.model
+        if m.lpips_weight < 0 or m.lpips_slices < 0:
+            raise ConfigError("config keys 'model.lpips_weight' and 'model.lpips_slices': >= 0, got "
+                              f"{m.lpips_weight} and {m.lpips_slices}")
+        if not m.lpips_weight:
+            return
+        if not m.lpips_weights:
+            raise ConfigError("config key 'model.lpips_weights': model.lpips_weight > 0 needs LPIPS weights, the lin "
+                              "layers (the lpips package's weights/v0.1/<net>.pth) with torchvision's backbone state "
+                              "dict as model.lpips_backbone_weights, or one file holding both; nothing is downloaded")
+        try:
+            net_name(m.lpips_net)
+        except UserError as e:
+            raise ConfigError(f"config key 'model.lpips_net': {e}") from None
+        try:
+            check_lpips_files(m.lpips_net, m.lpips_weights, m.lpips_backbone_weights or None)
+        except LPIPSFileError as e:
+            key = "lpips_backbone_weights" if e.part == "backbone" else "lpips_weights"
+            raise ConfigError(f"config key 'model.{key}': {e}") from None
 
     def _build(self) -> CTTokenizer:
         d = self.cfg.data
@@ -303,4 +354,14 @@ class CTTokenizerTask(Task):
                                  crop_depth=self.cfg.data.crop_depth, l1_weight=m.l1_weight,
                                  ssim_weight=m.ssim_weight, entropy_start=m.entropy_start,
                                  entropy_end=m.entropy_weight, entropy_anneal_steps=m.entropy_anneal_steps,
-                                 adversarial=None if m.adversarial is None else to_dict(m.adversarial))
+                                 adversarial=None if m.adversarial is None else to_dict(m.adversarial),
+                                 lpips=self._load_lpips(), lpips_weight=m.lpips_weight,
+                                 lpips_slices=m.lpips_slices)
+
+    def _load_lpips(self) -> LPIPS | None:
+        from .perceptual import load_lpips
+
+        m = self.cfg.model
+        if not m.lpips_weight:
+            return None
+        return load_lpips(m.lpips_weights, m.lpips_backbone_weights or None, net=m.lpips_net)

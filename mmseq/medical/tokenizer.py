@@ -456,22 +456,34 @@ def create_tokenizer(name: str, **overrides: Any) -> CTTokenizer:
 
 
 def reconstruction_losses(x: torch.Tensor, x_hat: torch.Tensor, *, l1_weight: float = 5.0,
-                          ssim_weight: float = 1.0, gradient_weight: float = 0.0,
+                          ssim_weight: float = 1.0, gradient_weight: float = 0.0, lpips: nn.Module | None = None,
+                          lpips_weight: float = 0.0, lpips_slices: int = 0, generator: torch.Generator | None = None,
                           data_range: float = 2.0) -> dict[str, torch.Tensor]:
     """Image-space reconstruction losses of volumes [B, 1, D, H, W] in [-1, 1].
 
     Returns l1 (mean absolute error; weight 5.0 as in BTB3D), ssim (1 - SSIM, MONAI's SSIMLoss: 3D with a
     Gaussian window of up to 7 voxels, per slice in 2D when a volume has fewer than 3 slices), gradient (L1
-    between the finite differences of x and x_hat along D, H and W) and loss (the weighted sum).
+    between the finite differences of x and x_hat along D, H and W), lpips (the mean 2D LPIPS of the axial
+    slices, :func:`mmseq.medical.perceptual.slice_lpips` with ``lpips`` a loaded
+    :class:`~mmseq.medical.perceptual.LPIPS`; ``lpips_slices`` > 0 samples that many slices with ``generator``)
+    and loss (the weighted sum). A term whose weight is 0 is not computed and returned as 0.
     """
     if x.shape != x_hat.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    if lpips_weight and lpips is None:
+        raise ValueError("lpips_weight > 0 needs an LPIPS module (mmseq.medical.perceptual.load_lpips)")
     l1 = (x - x_hat).abs().mean()
     ssim = _ssim_loss(x, x_hat, data_range) if ssim_weight else x.new_zeros(())
     grad = sum((torch.diff(x, dim=k) - torch.diff(x_hat, dim=k)).abs().mean()
                for k in (2, 3, 4) if x.shape[k] > 1) if gradient_weight else x.new_zeros(())
-    total = l1_weight * l1 + ssim_weight * ssim + gradient_weight * grad
-    return {"l1": l1, "ssim": ssim, "gradient": grad, "loss": total}
+    if lpips_weight:
+        from .perceptual import slice_lpips
+
+        perceptual = slice_lpips(lpips, x, x_hat, lpips_slices, generator).to(l1.dtype)
+    else:
+        perceptual = x.new_zeros(())
+    total = l1_weight * l1 + ssim_weight * ssim + gradient_weight * grad + lpips_weight * perceptual
+    return {"l1": l1, "ssim": ssim, "gradient": grad, "lpips": perceptual, "loss": total}
 
 
 def _ssim_loss(x: torch.Tensor, x_hat: torch.Tensor, data_range: float) -> torch.Tensor:
