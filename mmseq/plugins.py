@@ -22,6 +22,12 @@ COMMAND_GROUP = "mmseq.commands"
 BUILTIN_TASKS = {
     "mqar": "mmseq.synthetic.tasks",
     "passkey": "mmseq.synthetic.tasks",
+    "joint-recall": "mmseq.synthetic.recall",
+    "copy": "mmseq.synthetic.copying",
+    "selective-copy": "mmseq.synthetic.copying",
+    "maze": "mmseq.synthetic.mazes",
+    "dna-pretrain": "mmseq.synthetic.dna",
+    "dna-classify": "mmseq.synthetic.dna",
     "keywords": "mmseq.audio.tasks",
     "ct-tokenizer": "mmseq.medical.tasks",
     "ct-report": "mmseq.medical.report_task",
@@ -30,6 +36,7 @@ BUILTIN_TASKS = {
 
 BUILTIN_COMMANDS = {
     "synthetic": "mmseq.synthetic.cli",
+    "long-context": "mmseq.synthetic.suite_cli",
     "audio": "mmseq.audio.cli",
     "medical": "mmseq.medical.cli",
     "vision": "mmseq.vision.cli",

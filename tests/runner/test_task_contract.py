@@ -22,7 +22,8 @@ from mmseq.runner.train import evaluate, train
 
 TRAINER = {"max_steps": 2, "val_check_interval": 1, "checkpoint_every_n_steps": 1, "log_every_n_steps": 1,
            "enable_progress_bar": False}
-CASE_NAMES = ("mqar", "passkey", "keywords", "ct-tokenizer", "ct-report", "segmentation")
+CASE_NAMES = ("mqar", "passkey", "keywords", "ct-tokenizer", "ct-report", "segmentation", "joint-recall", "copy",
+              "selective-copy", "maze", "dna-pretrain", "dna-classify")
 TINY_CT = {"filters": 8, "channel_multipliers": [1, 2], "temporal_downsample": [True], "num_res_blocks": 1,
            "token_bits": 6, "norm_groups": 4}
 TINY_TRUNK = {"d_model": 16, "n_layers": 1, "mixer": {"name": "attention", "n_heads": 2}}
@@ -80,9 +81,29 @@ TINY_SEG = {"dinov2": {"model_name": "vit_small_patch14_dinov2", "frozen": False
             "loss": {"num_points": 64}}
 
 
+def _suite_cases(tmp: Path) -> dict[str, dict]:
+    """The long-context suite's tasks at tiny sizes; the DNA tasks read a small built-in genome."""
+    from mmseq.synthetic.dna import make_genome
+
+    make_genome(tmp / "genome", length=40_000, chromosomes=2, site_spacing=100, seed=0)
+    splits = {"num_train": 32, "num_val": 8, "num_test": 8, "batch_size": 8}
+    dna = {**splits, "fasta": str(tmp / "genome" / "genome.fa.gz"), "seq_len": 32}
+    return {
+        "joint-recall": {"task": "joint-recall", "data": {"num_contexts": 2, "num_keys": 3, "num_values": 4,
+                                                          "num_queries": 4, **splits}, "model": TINY_TRUNK},
+        "copy": {"task": "copy", "data": {"copy_len": 8, "vocab_size": 4, **splits}, "model": TINY_TRUNK},
+        "selective-copy": {"task": "selective-copy", "data": {"seq_len": 16, "num_tokens": 3, "vocab_size": 4,
+                                                              **splits}, "model": TINY_TRUNK},
+        "maze": {"task": "maze", "data": {"grid": 3, **splits}, "model": {**TINY_TRUNK, "objective": "mlm-u"}},
+        "dna-pretrain": {"task": "dna-pretrain", "data": dna, "model": TINY_TRUNK},
+        "dna-classify": {"task": "dna-classify", "data": dna, "model": TINY_TRUNK},
+    }
+
+
 def _cases(tmp: Path) -> dict[str, dict]:
     ct_root, ct_tokens = _ct_set(tmp)
     return {
+        **_suite_cases(tmp),
         "segmentation": {"task": "segmentation", "data": _scenes(tmp / "scenes"), "model": TINY_SEG},
         "mqar": {"task": "mqar", "data": {"vocab_size": 16, "seq_len": 16, "num_kv_pairs": 2, "num_train": 32,
                                           "num_val": 8, "num_test": 8, "batch_size": 8}, "model": TINY_TRUNK},
@@ -161,4 +182,4 @@ def _example_input(name: str, case: dict):
         return torch.randn(2, 6, 1, 2, 2).sign(), torch.randint(0, 50, (2, 7))
     if name == "segmentation":
         return torch.rand(1, 3, 56, 70)
-    return torch.randint(0, 8, (2, case["data"]["seq_len"]))
+    return torch.randint(0, 6, (2, case["data"].get("seq_len", 24)))
