@@ -118,6 +118,15 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if inputs is None and out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another -o")
+    parallel = {"--devices": args.devices, "--accelerator": args.accelerator, "--num-workers": args.num_workers}
+    if inputs is None and any(v is not None for v in parallel.values()):
+        given = next(k for k, v in parallel.items() if v is not None)
+        raise UserError(f"{given} applies to a data set (a folder or CSV); one volume is tokenized in this process")
+    devices, accelerator = args.devices or 1, args.accelerator or "auto"
+    if devices > 1 or accelerator == "gpu":  # fail before the tokenizer loads
+        from .tokens_ddp import resolve_accelerator
+
+        resolve_accelerator(devices, accelerator)
     from .tokens import tokenize_file, tokenize_many
 
     tokenizer = load_tokenizer(args.checkpoint)
@@ -128,9 +137,21 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
         return 0
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is a file; a data set is tokenized into a folder")
-    summary = tokenize_many(tokenizer, inputs, out, window=args.window)
+    summary = tokenize_many(tokenizer, inputs, out, window=args.window, devices=devices, accelerator=accelerator,
+                            num_workers=args.num_workers or 0)
     print(json.dumps(summary, indent=2))
     return 2 if summary["failed"] else 0
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _cmd_detokenize(args: argparse.Namespace) -> int:
@@ -188,6 +209,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="slices encoded at a time (memory; the tokens do not depend on it; default 32)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_rescale_options(t)
+    g = t.add_argument_group("several processes or GPUs (data sets only)")
+    g.add_argument("--devices", type=positive_int, metavar="N",
+                   help="encode the volumes still to do in N processes through Lightning's predict loop (DDP): one "
+                        "per GPU, or N CPU processes sharing the cores; the files are the same as with one (default 1: "
+                        "this process)")
+    g.add_argument("--accelerator", choices=("auto", "cpu", "gpu"),
+                   help="where those processes encode: auto (GPUs if there are any, else the CPU), cpu or gpu; gpu "
+                        "runs Lightning even with --devices 1 (default auto)")
+    g.add_argument("--num-workers", type=_non_negative_int, metavar="W",
+                   help="loader processes per device that read and resample the next volumes while one is encoded "
+                        "(default 0: the device's own process)")
     t.set_defaults(func=_cmd_tokenize)
 
     d = subparsers.add_parser("detokenize-ct", help="token file -> CT volume (.nii.gz)",

@@ -11,12 +11,14 @@ back in the input's geometry::
 
 Tokenizing a folder or a CT-RATE split writes one token file per volume plus ``index.csv``; it is resumable
 (finished files are skipped; every file is written to a temporary name and renamed, so a killed run leaves
-no half-written file).
+no half-written file), and it runs in this process or over several processes or GPUs
+(:mod:`mmseq.medical.tokens_ddp`) with the same files as a result, byte for byte.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +53,6 @@ class CTTokens:
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write a token file atomically; refuses to replace an existing file unless ``overwrite``."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         if path.exists() and not overwrite:
             raise UserError(f"{path} already exists; choose another output or remove it first")
@@ -64,7 +64,7 @@ class CTTokens:
                 "source_axcodes": "".join(self.source_axcodes), "hu_min": repr(self.hu_min),
                 "hu_max": repr(self.hu_max), "token_bits": str(self.token_bits), "tokenizer": self.tokenizer,
                 "source": self.source}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(_safetensors_bytes(tensors, meta)))
         return path
 
     @classmethod
@@ -98,6 +98,19 @@ class CTTokens:
         return indices_to_codes(self.ids[None], self.token_bits, torch.float32)[0]
 
 
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file with its header's keys sorted: safetensors writes them in hash order, which differs
+    from process to process, so the same tokens would make different bytes in each run (and a run over several
+    processes could not be compared with one over one)."""
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data start 8-byte aligned, as safetensors pads them
+    return len(header).to_bytes(8, "little") + header + raw[8 + n:]
+
+
 def _join(values: Iterable) -> str:
     return ",".join(str(int(v)) for v in values)
 
@@ -116,21 +129,50 @@ def tokenizer_preprocess(tokenizer) -> CTPreprocess:
     return CTPreprocess(**cfg)
 
 
+@dataclass
+class PreparedVolume:
+    """A volume preprocessed for the tokenizer, with the geometry its token file keeps (no model needed to make
+    one, so loader processes can prepare volumes while the model encodes others)."""
+
+    x: torch.Tensor  # [D, H, W] float32 in [-1, 1] on the tokenizer's grid
+    affine: np.ndarray  # [4, 4] of that grid
+    source_affine: np.ndarray
+    source_shape: tuple[int, int, int]
+    source_axcodes: tuple[str, str, str]
+    hu_min: float
+    hu_max: float
+    source: str = ""
+
+
+def prepare_volume(volume: CTVolume, cfg: CTPreprocess, *, source: str = "") -> PreparedVolume:
+    """A canonical volume -> the tokenizer's input (``cfg``: see :func:`tokenizer_preprocess`)."""
+    x, grid = preprocess(volume, cfg)
+    return PreparedVolume(x=x, affine=grid.affine,
+                          source_affine=volume.source_affine if volume.source_affine is not None else volume.affine,
+                          source_shape=volume.source_shape or tuple(volume.array.shape),
+                          source_axcodes=volume.source_axcodes or ("S", "L", "P"), hu_min=cfg.hu_min,
+                          hu_max=cfg.hu_max, source=source)
+
+
 @torch.no_grad()
+def encode_prepared(tokenizer, prepared: PreparedVolume, *, window: int = 32, progress: bool = False) -> CTTokens:
+    """A prepared volume -> its tokens, encoded ``window`` slices at a time (constant memory, exact). The volume
+    stays where it is (CPU memory); only each window goes to the model's device."""
+    d, h, w = prepared.x.shape
+    padded = tokenizer.pad_volume(prepared.x[None, None])
+    ids, _ = tokenizer.encode_windowed(padded, window=window, progress=progress)
+    cls = type(tokenizer)
+    return CTTokens(ids=ids[0].cpu(), affine=prepared.affine, shape=(d, h, w), source_affine=prepared.source_affine,
+                    source_shape=prepared.source_shape, source_axcodes=prepared.source_axcodes,
+                    hu_min=prepared.hu_min, hu_max=prepared.hu_max, token_bits=tokenizer.token_bits,
+                    tokenizer=f"{cls.__module__}.{cls.__qualname__}", source=prepared.source)
+
+
 def tokenize_volume(tokenizer, volume: CTVolume, *, window: int = 32, progress: bool = False,
                     source: str = "") -> CTTokens:
     """One canonical volume -> its tokens, encoded ``window`` slices at a time (constant memory, exact)."""
-    cfg = tokenizer_preprocess(tokenizer)
-    x, grid = preprocess(volume, cfg)
-    d, h, w = x.shape
-    padded = tokenizer.pad_volume(x[None, None])
-    ids, _ = tokenizer.encode_windowed(padded, window=window, progress=progress)
-    cls = type(tokenizer)
-    return CTTokens(ids=ids[0].cpu(), affine=grid.affine, shape=(d, h, w),
-                    source_affine=volume.source_affine if volume.source_affine is not None else volume.affine,
-                    source_shape=volume.source_shape or tuple(volume.array.shape),
-                    source_axcodes=volume.source_axcodes or ("S", "L", "P"), hu_min=cfg.hu_min, hu_max=cfg.hu_max,
-                    token_bits=tokenizer.token_bits, tokenizer=f"{cls.__module__}.{cls.__qualname__}", source=source)
+    prepared = prepare_volume(volume, tokenizer_preprocess(tokenizer), source=source)
+    return encode_prepared(tokenizer, prepared, window=window, progress=progress)
 
 
 @torch.no_grad()
@@ -187,30 +229,42 @@ def token_name(volume_path: Path) -> str:
 
 
 def tokenize_many(tokenizer, inputs: list[Path | VolumeSource], out_dir: str | Path, *, window: int = 32,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, devices: int = 1, accelerator: str = "auto", num_workers: int = 0) -> dict:
     """Tokenize every input into ``out_dir`` (one token file each + ``index.csv``); resumable.
 
     A file already in ``out_dir`` is skipped, so a killed run picks up where it stopped. A volume that fails
     to load is listed with its error and the rest go on. Returns counts.
+
+    ``devices`` > 1 or ``accelerator="gpu"`` encodes the volumes still to do in ``devices`` processes (one per
+    GPU, or CPU processes) through Lightning's predict loop (:mod:`mmseq.medical.tokens_ddp`), with
+    ``num_workers`` loader processes each; the token files and ``index.csv`` are the same as one process makes.
     """
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, done, failed = [], 0, 0
-    for source in tqdm(inputs, desc="tokenizing", disable=not progress, unit="volume"):
-        source = source if isinstance(source, VolumeSource) else VolumeSource(Path(source))
-        path = source.path
-        target = out_dir / token_name(path)
+    sources = [s if isinstance(s, VolumeSource) else VolumeSource(Path(s)) for s in inputs]
+    targets = [out_dir / token_name(s.path) for s in sources]
+    existed = [t.is_file() for t in targets]
+    todo = [i for i, e in enumerate(existed) if not e]
+    parallel = bool(todo) and (devices > 1 or accelerator == "gpu")
+    if parallel:
+        from .tokens_ddp import tokenize_parallel
+
+        # What fails there is left undone and retried below, which records its error as one process would.
+        tokenize_parallel(tokenizer, [sources[i] for i in todo], [targets[i] for i in todo], window=window,
+                          devices=devices, accelerator=accelerator, num_workers=num_workers, progress=progress)
+    rows, failed = [], 0
+    for source, target in tqdm(list(zip(sources, targets)), desc="tokenizing", unit="volume",
+                               disable=not progress or parallel):
         status = "ok"
-        if target.is_file():
-            done += 1
-        else:
+        if not target.is_file():
             try:
                 tokenize_file(tokenizer, source, target, window=window)
             except UserError as e:
                 status, failed = f"error: {e}", failed + 1
-        rows.append({"source": str(path), "tokens": target.name if status == "ok" else "", "status": status})
+        rows.append({"source": str(source.path), "tokens": target.name if status == "ok" else "", "status": status})
+
     def write_index(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["source", "tokens", "status"])
@@ -218,5 +272,6 @@ def tokenize_many(tokenizer, inputs: list[Path | VolumeSource], out_dir: str | P
             writer.writerows(rows)
 
     atomic_write(out_dir / INDEX, write_index)
-    return {"volumes": len(inputs), "tokenized": len(inputs) - done - failed, "skipped_existing": done,
+    skipped = sum(existed)
+    return {"volumes": len(inputs), "tokenized": len(inputs) - skipped - failed, "skipped_existing": skipped,
             "failed": failed, "index": str(out_dir / INDEX)}
