@@ -38,8 +38,9 @@ sequence from a zero state reproduces ``selective_scan``. mamba_ssm's heads form
 A [H, P, N], B/C groups dividing H) is taken as D = H * P channels. Real A only; no constant B/C for decoding.
 
 Paths (``impl=``): "ref" loops over L in plain PyTorch (the ground truth, autograd through the loop);
-"torch" is a chunked two-level scan with a hand-written backward that recomputes states block by block,
-so memory stays at O(block) instead of [B, D, L, N]; "triton" runs one program per (batch row, block of
+"torch" scans blocks of positions small enough to stay in cache (cut into chunks scanned side by side when a
+position's state is small), with a hand-written backward that recomputes states block by block, so memory
+stays at O(block) instead of [B, D, L, N]; "triton" runs one program per (batch row, block of
 channels) that walks L with the state in registers, saving the state at chunk boundaries; its backward
 kernel replays each chunk from its saved state and walks it in reverse. Complex A: "ref" and "torch" run it
 in complex arithmetic; the Triton kernels are real, so "triton" (also the default on CUDA) runs "torch" for
@@ -179,89 +180,126 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Vectorized CPU path: a two-level scan over blocks of the sequence, with a hand-written backward.
+# Vectorized CPU path: a blocked scan with a hand-written backward.
 #
 # Inside the core everything is "time-major per group": per-position tensors are [B, G, L, Dg] and the
-# state-sized ones [B, G, L, N, Dg] (Dg = D // G), so the slice for one position is a contiguous
-# [N, Dg] tile and elementwise ops run along the long Dg axis. A block of Lb positions is cut into nC
-# chunks of T positions. All chunks of a block are scanned at once, one position at a time (T steps),
-# starting from zero; a loop over the nC chunks carries the state across chunk boundaries, and a second
-# pass over the T positions rescans every chunk from its true start state. Decays only ever multiply
-# states (exp(A * sum dt) <= 1 for a decaying scan, never its inverse), so nothing overflows whatever
-# dt * A is.
+# state-sized ones [B, G, L, N, Dg] (Dg = D // G), so the slice for one position is a contiguous [N, Dg]
+# tile and elementwise ops run along the long Dg axis. The sequence is cut into blocks of about
+# _TORCH_BLOCK state elements (B * D * N per position), small enough that a block's decays and states stay in
+# cache while they are made, scanned and read; nothing of size [B, D, L, N] is ever materialised. A block is
+# scanned in place over its inputs. When a position holds at least _TORCH_STEP state elements, the scan walks
+# the block one position at a time. With fewer, one step would cost more in dispatch than in arithmetic, so
+# the block is cut into nC chunks of T positions: all chunks are scanned at once from zero (T steps), a loop
+# over the chunks carries the state across chunk boundaries, and a second pass rescans every chunk from its
+# true start state. Decays only ever multiply states (exp(A * sum dt) <= 1 for a decaying scan, never its
+# inverse), so nothing overflows whatever dt * A is. A real decay is computed as exp2(dt * A log2(e)): the
+# same to rounding, and several times faster than exp on CPU.
+#
+# Turning the scan into matrix products inside chunks (as Mamba-2's SSD does) does not pay here: with a decay
+# per channel and state (A is [D, N], not one scalar per head) the chunk's T x T decay matrix differs for
+# every (d, n), so it costs T times the exps and products of the scan itself.
 # ----------------------------------------------------------------------------------------------------------
 
-_TORCH_CHUNK = 16  # T: positions per chunk (the sequential part of each block)
-_TORCH_BLOCK = 128  # Lb: positions per block (bounds memory at a few [B, D, Lb, N] tensors)
+_TORCH_CHUNK = 16  # T: positions per chunk when a block is cut into chunks
+_TORCH_BLOCK = 1 << 20  # state elements per block (B * D * N * positions): what stays in cache
+_TORCH_STEP = 1 << 16  # state elements per position below which blocks are cut into chunks
+_TORCH_MIN_BLOCK = 8  # positions per block at least: the states saved for backward are at most 1/8 of all
+
+
+def _torch_plan(P, L):
+    """(T, Lb, Lp) for P state elements per position: chunk, block and padded lengths. T == Lb walks each block
+    position by position (no padding); T < Lb cuts blocks into chunks of T (L padded to a multiple of T)."""
+    if P >= _TORCH_STEP or L <= _TORCH_CHUNK:
+        Lb = min(L, max(_TORCH_MIN_BLOCK, _TORCH_BLOCK // P))
+        return Lb, Lb, L
+    T = _TORCH_CHUNK
+    Lp = -(-L // T) * T
+    return T, max(T, min(Lp, _TORCH_BLOCK // P // T * T)), Lp
+
+
+def _decay_exp_(t):
+    """In place: exp of t (complex), or 2 ** t (real; t already scaled by log2(e), see ``_decay_rates``)."""
+    return t.exp_() if t.is_complex() else t.exp2_()
+
+
+def _decay_rates(A, G, N, Dg):
+    """A [D, N] as [1, G, 1, N, Dg] for the decays: times log2(e) when real (``_decay_exp_`` takes 2 ** .)."""
+    A5 = A.view(G, Dg, N).transpose(1, 2).contiguous().view(1, G, 1, N, Dg)
+    return A5 if A.is_complex() else A5 * math.log2(math.e)
 
 
 def _chunk_decay(dt, A5, T, skip_first=False):
     """Decay across each whole chunk: prod of a = exp(dt * A) over its T positions (the first one skipped
-    when ``skip_first``) = exp(A * sum of dt). dt: [B, G, Lb, Dg]; A5: [1, G, 1, N, Dg] -> [B, G, nC, N, Dg].
+    when ``skip_first``) = exp(A * sum of dt). dt: [B, G, Lb, Dg]; A5 from ``_decay_rates`` -> [B, G, nC, N, Dg].
     """
     Bs, G, Lb, Dg = dt.shape
     dt4 = dt.view(Bs, G, Lb // T, T, Dg)
     S = (dt4[:, :, :, 1:] if skip_first else dt4).sum(3)
-    return torch.mul(S.unsqueeze(-2), A5).exp_()
+    return _decay_exp_(torch.mul(S.unsqueeze(-2), A5))
 
 
-def _scan_block(a, b, h0, dt, A5, T, out):
-    """h[t] = a[t] * h[t-1] + b[t] over a block; a, b: [B, G, Lb, N, Dg] with T | Lb; h0: [B, G, N, Dg].
+def _scan_block(a, h, h0, dt, A5, nC):
+    """h[t] = a[t] * h[t-1] + b[t] over a block, in place: ``h`` holds b on entry and the states on return.
 
-    dt: [B, G, Lb, Dg] with a = exp(dt * A). Writes h into ``out`` (b's shape); returns the final state.
-    Pass 1 scans every chunk from zero at once, keeping only its end state; the chunk-to-chunk loop then
-    gives each chunk's true start state, and pass 2 rescans all chunks from those, writing h.
+    a, h: [B, G, Lb, N, Dg], Lb = nC * T; h0: [B, G, N, Dg], the state before the block; dt: [B, G, Lb, Dg]
+    with a = exp(dt * A), A5 from ``_decay_rates``. Returns the last state (a copy). With nC chunks, pass 1
+    scans every chunk from zero at once, keeping only its end state; the chunk-to-chunk loop gives each chunk
+    its true start state, and pass 2 rescans all chunks from those.
     """
-    Bs, G, Lb, N, Dg = b.shape
-    nC = Lb // T
-    a6, b6 = a.view(Bs, G, nC, T, N, Dg), b.view(Bs, G, nC, T, N, Dg)
-    end = b6[:, :, :, 0].clone()  # [B, G, nC, N, Dg]
+    Bs, G, Lb, N, Dg = h.shape
+    T = Lb // nC
+    a6, h6 = a.view(Bs, G, nC, T, N, Dg), h.view(Bs, G, nC, T, N, Dg)
+    if nC == 1:
+        start = h0.unsqueeze(2)
+    else:
+        end = h6[:, :, :, 0].clone()  # [B, G, nC, N, Dg]
+        for t in range(1, T):
+            torch.addcmul(h6[:, :, :, t], a6[:, :, :, t], end, out=end)
+        decay = _chunk_decay(dt, A5, T)
+        start = end  # start[c]: the state entering chunk c, written over end[c - 1] from the left
+        carry = h0
+        for c in range(nC):
+            nxt = torch.addcmul(end[:, :, c], decay[:, :, c], carry)
+            start[:, :, c] = carry
+            carry = nxt
+    h6[:, :, :, 0].addcmul_(a6[:, :, :, 0], start)
     for t in range(1, T):
-        torch.addcmul(b6[:, :, :, t], a6[:, :, :, t], end, out=end)
-    decay = _chunk_decay(dt, A5, T)
-    start = end.new_empty(Bs, G, nC + 1, N, Dg)  # start[c]: state entering chunk c; [nC]: after the block
-    start[:, :, 0] = h0
-    for c in range(nC):
-        torch.addcmul(end[:, :, c], decay[:, :, c], start[:, :, c], out=start[:, :, c + 1])
-    hc, start = start[:, :, nC], start[:, :, :nC]
-    h = out.view(Bs, G, nC, T, N, Dg)
-    torch.addcmul(b6[:, :, :, 0], a6[:, :, :, 0], start, out=h[:, :, :, 0])
-    for t in range(1, T):
-        torch.addcmul(b6[:, :, :, t], a6[:, :, :, t], h[:, :, :, t - 1], out=h[:, :, :, t])
-    return hc
+        h6[:, :, :, t].addcmul_(a6[:, :, :, t], h6[:, :, :, t - 1])
+    return h[:, :, Lb - 1].clone()
 
 
-def _scan_block_reverse(a, s, q0, dt, A5, T, out):
-    """g[t] = s[t] + a[t+1] * g[t+1] over a block, where a[Lb] * g[Lb] := q0 (the carry from the right).
+def _scan_block_reverse(a, g, q0, dt, A5, nC):
+    """g[t] = s[t] + a[t+1] * g[t+1] over a block, in place (``g`` holds s on entry), where a[Lb] * g[Lb] := q0,
+    the carry from the right.
 
-    a, s: [B, G, Lb, N, Dg] with T | Lb; q0: [B, G, N, Dg]; dt as in ``_scan_block``, and the same two
-    passes run right to left. Writes g into ``out``; returns a[0] * g[0] (the carry leftward).
+    a, g: [B, G, Lb, N, Dg], Lb = nC * T; q0: [B, G, N, Dg]; dt and A5 as in ``_scan_block``, and the same two
+    passes run right to left. Returns a[0] * g[0] (the carry leftward).
     """
-    Bs, G, Lb, N, Dg = s.shape
-    nC = Lb // T
-    a6, s6 = a.view(Bs, G, nC, T, N, Dg), s.view(Bs, G, nC, T, N, Dg)
-    first = s6[:, :, :, T - 1].clone()  # [B, G, nC, N, Dg]: g at each chunk's first position, from zero
+    Bs, G, Lb, N, Dg = g.shape
+    T = Lb // nC
+    a6, g6 = a.view(Bs, G, nC, T, N, Dg), g.view(Bs, G, nC, T, N, Dg)
+    if nC == 1:
+        into = q0.unsqueeze(2)
+    else:
+        first = g6[:, :, :, T - 1].clone()  # [B, G, nC, N, Dg]: g at each chunk's first position, from zero
+        for t in range(T - 2, -1, -1):
+            torch.addcmul(g6[:, :, :, t], a6[:, :, :, t + 1], first, out=first)
+        decay = _chunk_decay(dt, A5, T, skip_first=True)  # a[1] * ... * a[T-1] of each chunk
+        into = first  # into[c]: a * g at the first position right of chunk c, written over first[c + 1]
+        carry = q0
+        for c in range(nC - 1, -1, -1):
+            nxt = torch.addcmul(first[:, :, c], decay[:, :, c], carry).mul_(a6[:, :, c, 0])
+            into[:, :, c] = carry
+            carry = nxt
+    g6[:, :, :, T - 1].add_(into)
     for t in range(T - 2, -1, -1):
-        torch.addcmul(s6[:, :, :, t], a6[:, :, :, t + 1], first, out=first)
-    decay = _chunk_decay(dt, A5, T, skip_first=True)  # a[1] * ... * a[T-1] of each chunk
-    # into[c + 1]: a * g at the first position of the chunk right of chunk c; into[0]: the carry leftward
-    into = first.new_empty(Bs, G, nC + 1, N, Dg)
-    into[:, :, nC] = q0
-    g0 = torch.empty_like(first[:, :, 0])
-    for c in range(nC - 1, -1, -1):
-        torch.addcmul(first[:, :, c], decay[:, :, c], into[:, :, c + 1], out=g0)
-        torch.mul(a6[:, :, c, 0], g0, out=into[:, :, c])
-    q, into = into[:, :, 0], into[:, :, 1:]
-    g = out.view(Bs, G, nC, T, N, Dg)
-    torch.add(s6[:, :, :, T - 1], into, out=g[:, :, :, T - 1])
-    for t in range(T - 2, -1, -1):
-        torch.addcmul(s6[:, :, :, t], a6[:, :, :, t + 1], g[:, :, :, t + 1], out=g[:, :, :, t])
-    return q
+        g6[:, :, :, t].addcmul_(a6[:, :, :, t + 1], g6[:, :, :, t + 1])
+    return a[:, :, 0] * g[:, :, 0]
 
 
 def _block_inputs(dt, x, A5, Bt, l0, l1, a, b):
     """Write a = exp(dt * A) and b = dt * u * B for positions l0:l1 into a, b: [B, G, Lb, N, Dg]."""
-    torch.mul(dt[:, :, l0:l1, None, :], A5, out=a).exp_()
+    _decay_exp_(torch.mul(dt[:, :, l0:l1, None, :], A5, out=a))
     torch.mul(x[:, :, l0:l1, None, :], Bt[:, :, l0:l1, :, None], out=b)
 
 
@@ -290,30 +328,29 @@ class _SelectiveScanTorchFn(torch.autograd.Function):
         Bs, dim, L = u.shape
         G, N = B.shape[1], B.shape[2]
         Dg = dim // G
-        T = min(_TORCH_CHUNK, L)
-        Lp = -(-L // T) * T
-        Lb = max(T, _TORCH_BLOCK // T * T)
+        T, Lb, Lp = _torch_plan(Bs * dim * N, L)
 
         def time_major(t, last):  # [B, G * last, L] or [B, G, last, L] -> [B, G, Lp, last], zero-padded
-            out = t.new_zeros(Bs, G, Lp, last)
+            out = t.new_empty(Bs, G, Lp, last)
             out[:, :, :L] = t.reshape(Bs, G, last, L).transpose(2, 3)
+            out[:, :, L:] = 0
             return out
 
         # padded positions have dt = 0: a = 1, b = 0, so they leave the state alone
         u_t, dt_t = time_major(u, Dg), time_major(dt, Dg)
         x_t = u_t * dt_t
         B_t, C_t = time_major(B, N), time_major(C, N)
-        A5 = A.view(G, Dg, N).transpose(1, 2).contiguous().view(1, G, 1, N, Dg)
+        A5 = _decay_rates(A, G, N, Dg)
         y = B.new_empty(Bs, G, Lp, Dg)  # B's dtype: the state's (complex with complex A)
         h = B.new_zeros(Bs, G, N, Dg)
         states = []
-        work = _workspace(B, 3, (Bs, G, min(Lb, Lp), N, Dg))
+        work = _workspace(B, 2, (Bs, G, Lb, N, Dg))
         for l0 in range(0, Lp, Lb):
             l1 = min(l0 + Lb, Lp)
             states.append(h)
-            a, b, hs = work(l1 - l0)
-            _block_inputs(dt_t, x_t, A5, B_t, l0, l1, a, b)
-            h = _scan_block(a, b, h, dt_t[:, :, l0:l1], A5, T, out=hs)
+            a, hs = work(l1 - l0)
+            _block_inputs(dt_t, x_t, A5, B_t, l0, l1, a, hs)
+            h = _scan_block(a, hs, h, dt_t[:, :, l0:l1], A5, max(1, (l1 - l0) // T))
             torch.matmul(C_t[:, :, l0:l1, None, :], hs, out=y[:, :, l0:l1, None, :])
         ctx.save_for_backward(u_t, dt_t, A, B_t, C_t, torch.stack(states))
         ctx.dims = (L, T, Lb)
@@ -335,31 +372,34 @@ class _SelectiveScanTorchFn(torch.autograd.Function):
             q.copy_(dh_last.reshape(Bs, G, Dg, N).transpose(2, 3))
         x_t = u_t * dt_t
         x_w = x_t.to(B_t.dtype)  # (x_t itself when real)
-        A5 = A.view(G, Dg, N).transpose(1, 2).contiguous().view(1, G, 1, N, Dg)
+        A5 = _decay_rates(A, G, N, Dg)
+        A5c = A.view(G, Dg, N).transpose(1, 2).conj().view(1, G, 1, N, Dg)  # d a / d dt = a * A
         dx, ddt = B_t.new_empty(Bs, G, Lp, Dg), B_t.new_empty(Bs, G, Lp, Dg)  # real parts kept when complex
         dB, dC = torch.empty_like(B_t), torch.empty_like(C_t)  # [B, G, Lp, N]
-        dA = torch.zeros_like(A5)
+        dA = B_t.new_zeros(G, N, Dg)
         starts = list(range(0, Lp, Lb))
-        work = _workspace(B_t, 5, (Bs, G, min(Lb, Lp), N, Dg))
+        work = _workspace(B_t, 3, (Bs, G, Lb, N, Dg))
         for i in range(len(starts) - 1, -1, -1):
             l0, l1 = starts[i], min(starts[i] + Lb, Lp)
-            a, b, h, s, g = work(l1 - l0)
-            _block_inputs(dt_t, x_t, A5, B_t, l0, l1, a, b)
-            _scan_block(a, b, states[i], dt_t[:, :, l0:l1], A5, T, out=h)
-            dC[:, :, l0:l1] = torch.einsum("bglnd,bgld->bgln", h.conj(), dy_t[:, :, l0:l1])
-            torch.mul(C_t[:, :, l0:l1, :, None].conj(), dy_t[:, :, l0:l1, None, :], out=s)  # dy[t] * dy[t]/dh[t]
-            # g[t] = d loss / d h[t]
-            q = _scan_block_reverse(a.conj(), s, q, dt_t[:, :, l0:l1], A5.conj(), T, out=g)
-            torch.matmul(B_t[:, :, l0:l1, None, :].conj(), g, out=dx[:, :, l0:l1, None, :])
-            dB[:, :, l0:l1] = torch.einsum("bglnd,bgld->bgln", g, x_w[:, :, l0:l1])
-            # d/d(dt * A) = g[t] * a[t] * h[t-1], into b's buffer (h[t] - b[t] would cancel when a[t] ~ 0)
-            torch.mul(a[:, :, 1:], h[:, :, :-1], out=b[:, :, 1:])
-            torch.mul(a[:, :, 0], states[i], out=b[:, :, 0])
+            nC = max(1, (l1 - l0) // T)
+            a, h, g = work(l1 - l0)
+            _block_inputs(dt_t, x_t, A5, B_t, l0, l1, a, h)
+            _scan_block(a, h, states[i], dt_t[:, :, l0:l1], A5, nC)
+            # (products and sums: a batched matrix-vector product over the long Dg axis is many times slower)
+            torch.sum(torch.mul(h.conj(), dy_t[:, :, l0:l1, None, :], out=g), dim=-1, out=dC[:, :, l0:l1])
+            torch.mul(C_t[:, :, l0:l1, :, None].conj(), dy_t[:, :, l0:l1, None, :], out=g)  # dy[t] * dy[t]/dh[t]
             if cplx:
-                b.conj_physical_()
-            dlog_a = b.mul_(g)
-            torch.sum(torch.mul(dlog_a, A5.conj(), out=s), dim=-2, out=ddt[:, :, l0:l1])
-            dA += torch.mul(dlog_a, dt_t[:, :, l0:l1, None, :], out=s).sum(dim=(0, 2), keepdim=True)
+                a.conj_physical_()
+            # g[t] = d loss / d h[t]
+            q = _scan_block_reverse(a, g, q, dt_t[:, :, l0:l1], A5.conj(), nC)
+            torch.matmul(B_t[:, :, l0:l1, None, :].conj(), g, out=dx[:, :, l0:l1, None, :])
+            # d/d(dt * A) = g[t] * a[t] * h[t-1] (conjugated), in a's buffer (h[t] - b[t] would cancel when a ~ 0)
+            a[:, :, 1:].mul_(h[:, :, :-1].conj())
+            a[:, :, 0].mul_(states[i].conj())
+            dlog_a = a.mul_(g)
+            torch.sum(torch.mul(g, x_w[:, :, l0:l1, None, :], out=h), dim=-1, out=dB[:, :, l0:l1])
+            dA += torch.mul(dlog_a, dt_t[:, :, l0:l1, None, :], out=h).sum(dim=(0, 2))
+            torch.sum(torch.mul(dlog_a, A5c, out=g), dim=-2, out=ddt[:, :, l0:l1])
         if cplx:  # u and dt are real: the real part of their complex gradients
             dx, ddt = dx.real, ddt.real
         ddt.addcmul_(dx, u_t)
@@ -377,10 +417,10 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
                          return_last_state=False):
     """Vectorized CPU path (any device works): same arguments and returns as ``selective_scan_ref``.
 
-    The sequence is processed in blocks of ``_TORCH_BLOCK`` positions, each cut into chunks of
-    ``_TORCH_CHUNK``: Python loops run over the positions of a chunk (all chunks at once) and over the chunks
-    of a block, never over L. The backward replays each block from its saved start state, so memory is a
-    few [B, D, block, N] tensors, and it is hand-written (first-order gradients only).
+    The sequence is processed in blocks of about ``_TORCH_BLOCK`` state elements, scanned position by
+    position, or, when B * D * N is under ``_TORCH_STEP``, cut into chunks of ``_TORCH_CHUNK`` positions
+    scanned side by side. The backward replays each block from its saved start state, so memory is a few
+    block-sized tensors, and it is hand-written (first-order gradients only).
     """
     cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     sdt = _complex_of(cdt) if A.is_complex() else cdt  # dtype of the state
