@@ -193,8 +193,12 @@ def read_motifs(path: Path) -> dict[str, str]:
     """A motif table: one ``name<TAB>consensus`` per line (consensus in A, C, G, T)."""
     if not path.is_file():
         raise UserError(f"motif table not found: {path}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text motif table (expected 'name<TAB>consensus' lines)") from None
     motifs = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split()
@@ -352,7 +356,8 @@ class MotifClassifierModule(TaskModule):
 
 @dataclass
 class DNAPretrainDataConfig:
-    fasta: str = path_field("data/dna-genome/genome.fa.gz")  # FASTA, plain or gzipped, or a `data make` folder
+    # a FASTA file (plain or gzipped) or a folder from `mmseq data make dna-genome`
+    fasta: str = path_field("data/dna-genome", must_exist=False)
     seq_len: int = 1024  # nucleotides the model reads per window
     num_train: int = 20000  # windows drawn per split
     num_val: int = 256
@@ -405,6 +410,9 @@ class _DNATask(Task):
         validate_mixer_config(to_dict(self.cfg.model.mixer), key="model.mixer")
         d = self.cfg.data
         p = Path(d.fasta)
+        if not p.exists():
+            raise ConfigError(f"config key 'data.fasta': {p} does not exist; give a FASTA file or make the built-in "
+                              f"genome with `mmseq data make dna-genome {p}`")
         if p.is_dir() and not (p / GENOME_FILE).is_file():
             raise ConfigError(f"config key 'data.fasta': folder {p} has no {GENOME_FILE}; give a FASTA file or "
                               f"make one with `mmseq data make dna-genome {p}`")
@@ -475,6 +483,7 @@ class DNAClassifyTask(_DNATask):
         if not self.motif_path().is_file():
             raise ConfigError(f"config key 'data.motifs': no motif table at {self.motif_path()}; give "
                               "data.motifs=FILE (name<TAB>consensus per line)")
+        self.motifs()  # a bad table fails before any work
         if self.cfg.model.pool not in ("mean", "last"):
             raise ConfigError(f"config key 'model.pool': expected mean or last, got {self.cfg.model.pool!r}")
 

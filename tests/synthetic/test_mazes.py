@@ -1,0 +1,109 @@
+"""Maze generator against brute force: the maze is a perfect maze read back from its tokens, and the path is
+the one shortest path from origin to target (breadth-first search counting shortest paths)."""
+
+from collections import deque
+
+import pytest
+import torch
+
+from mmseq.synthetic.data import IGNORE
+from mmseq.synthetic.mazes import (
+    ADJ_END,
+    ADJ_START,
+    CELL0,
+    EDGE_SEP,
+    MASK,
+    ORIGIN_END,
+    ORIGIN_START,
+    PAD,
+    PATH_END,
+    PATH_START,
+    TARGET_END,
+    TARGET_START,
+    make_mazes,
+    maze_length,
+    maze_vocab_size,
+    mlmu_mask,
+    path_start,
+)
+
+
+def _parse(seq: list[int], n: int):
+    """Tokens -> (adjacency sets, origin, target, path) by reading the grammar, checking each marker."""
+    assert seq[0] == ADJ_START
+    adj = {c: set() for c in range(n * n)}
+    p = 1
+    while seq[p] != ADJ_END:
+        a, b, sep = seq[p] - CELL0, seq[p + 1] - CELL0, seq[p + 2]
+        assert sep == EDGE_SEP and 0 <= a < n * n and 0 <= b < n * n
+        assert abs(a // n - b // n) + abs(a % n - b % n) == 1, "an edge joins grid neighbours"
+        adj[a].add(b)
+        adj[b].add(a)
+        p += 3
+    assert seq[p + 1] == ORIGIN_START and seq[p + 3] == ORIGIN_END
+    assert seq[p + 4] == TARGET_START and seq[p + 6] == TARGET_END and seq[p + 7] == PATH_START
+    origin, target = seq[p + 2] - CELL0, seq[p + 5] - CELL0
+    end = seq.index(PATH_END)
+    path = [t - CELL0 for t in seq[p + 8:end]]
+    assert all(t == PAD for t in seq[end + 1:])
+    return adj, origin, target, path, p + 7
+
+
+def _shortest(adj: dict, origin: int) -> tuple[dict, dict]:
+    """Breadth-first search: distance to each cell and the number of shortest paths reaching it."""
+    dist, count = {origin: 0}, {origin: 1}
+    queue = deque([origin])
+    while queue:
+        c = queue.popleft()
+        for x in adj[c]:
+            if x not in dist:
+                dist[x], count[x] = dist[c] + 1, 0
+                queue.append(x)
+            if dist[x] == dist[c] + 1:
+                count[x] += count[c]
+    return dist, count
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_paths_are_the_unique_shortest_paths(n):
+    d = make_mazes(200, n, seed=n)
+    x, y = d["inputs"], d["labels"]
+    assert x.shape == y.shape == (200, maze_length(n)) and int(x.max()) < maze_vocab_size(n)
+    lengths = set()
+    for i in range(200):
+        seq = x[i].tolist()
+        adj, origin, target, path, p0 = _parse(seq, n)
+        assert p0 == path_start(n)
+        assert sum(len(v) for v in adj.values()) == 2 * (n * n - 1)  # a spanning tree: n^2 - 1 edges ...
+        dist, count = _shortest(adj, origin)
+        assert len(dist) == n * n  # ... that reaches every cell
+        assert origin != target and path[0] == origin and path[-1] == target
+        assert all(b in adj[a] for a, b in zip(path, path[1:])), "each step follows an open passage"
+        assert len(path) == dist[target] + 1, "the path is a shortest path"
+        assert count[target] == 1, "and the only one"
+        answer = (y[i] != IGNORE).nonzero().flatten().tolist()
+        assert answer == list(range(p0 + 1, p0 + 2 + len(path)))  # the path cells and <PATH_END>
+        assert torch.equal(y[i, answer], x[i, answer])
+        lengths.add(len(path))
+    assert len(lengths) > 1 or n == 2
+
+
+def test_mazes_are_deterministic_and_varied():
+    a, b, c = (make_mazes(20, 4, seed=s)["inputs"] for s in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len({tuple(r.tolist()) for r in a}) == 20
+
+
+def test_mlmu_mask_hides_only_the_answer_at_a_uniform_rate():
+    x = make_mazes(4000, 3, seed=0)["inputs"]
+    a0 = path_start(3) + 1
+    gen = torch.Generator().manual_seed(0)
+    masked, hidden = mlmu_mask(x, a0, generator=gen)
+    assert not hidden[:, :a0].any() and torch.equal(masked[:, :a0], x[:, :a0])
+    assert (masked[hidden] == MASK).all() and torch.equal(masked[~hidden], x[~hidden])
+    rate = hidden[:, a0:].float().mean(1)  # per sequence ~ 1 - r, r ~ U(0, 1): mean 1/2, spread over [0, 1]
+    assert rate.mean().item() == pytest.approx(0.5, abs=0.03)
+    assert (rate < 0.1).float().mean().item() == pytest.approx(0.1, abs=0.03)
+    assert (rate > 0.9).float().mean().item() == pytest.approx(0.1, abs=0.03)
+    _, all_hidden = mlmu_mask(x, a0, visible_rate=torch.zeros(len(x)))
+    assert all_hidden[:, a0:].all()
