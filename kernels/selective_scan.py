@@ -182,18 +182,19 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 # ----------------------------------------------------------------------------------------------------------
 # Vectorized CPU path: a blocked scan with a hand-written backward.
 #
-# Inside the core everything is "time-major per group": per-position tensors are [B, G, L, Dg] and the
-# state-sized ones [B, G, L, N, Dg] (Dg = D // G), so the slice for one position is a contiguous [N, Dg]
-# tile and elementwise ops run along the long Dg axis. The sequence is cut into blocks of about
-# _TORCH_BLOCK state elements (B * D * N per position), small enough that a block's decays and states stay in
-# cache while they are made, scanned and read; nothing of size [B, D, L, N] is ever materialised. A block is
-# scanned in place over its inputs. When a position holds at least _TORCH_STEP state elements, the scan walks
-# the block one position at a time. With fewer, one step would cost more in dispatch than in arithmetic, so
-# the block is cut into nC chunks of T positions: all chunks are scanned at once from zero (T steps), a loop
-# over the chunks carries the state across chunk boundaries, and a second pass rescans every chunk from its
-# true start state. Decays only ever multiply states (exp(A * sum dt) <= 1 for a decaying scan, never its
-# inverse), so nothing overflows whatever dt * A is. A real decay is computed as exp2(dt * A log2(e)): the
-# same to rounding, and several times faster than exp on CPU.
+# Inside the core everything is position-major: per-position tensors are [L, B, G, Dg] and the state-sized
+# ones [L, B, G, N, Dg] (Dg = D // G), so a block of positions is one contiguous piece of memory, the state of
+# one position a contiguous [B, G, N, Dg] slice, and elementwise ops run along the long Dg axis. The sequence
+# is cut into blocks of about _TORCH_BLOCK state elements (B * D * N per position), small enough that a
+# block's decays and states stay in cache while they are made, scanned and read; nothing of size
+# [B, D, L, N] is ever materialised. A block is scanned in place over its inputs. When a position holds at
+# least _TORCH_STEP state elements, the scan walks the block one position at a time. With fewer, one step
+# would cost more in dispatch than in arithmetic, so the block is cut into nC chunks of T positions: all
+# chunks are scanned at once from zero (T steps), a loop over the chunks carries the state across chunk
+# boundaries, and a second pass rescans every chunk from its true start state. Decays only ever multiply
+# states (exp(A * sum dt) <= 1 for a decaying scan, never its inverse), so nothing overflows whatever dt * A
+# is. A real decay is computed as exp2(dt * A log2(e)): the same to rounding, and several times faster than
+# exp on CPU.
 #
 # Turning the scan into matrix products inside chunks (as Mamba-2's SSD does) does not pay here: with a decay
 # per channel and state (A is [D, N], not one scalar per head) the chunk's T x T decay matrix differs for
@@ -223,96 +224,94 @@ def _decay_exp_(t):
 
 
 def _decay_rates(A, G, N, Dg):
-    """A [D, N] as [1, G, 1, N, Dg] for the decays: times log2(e) when real (``_decay_exp_`` takes 2 ** .)."""
-    A5 = A.view(G, Dg, N).transpose(1, 2).contiguous().view(1, G, 1, N, Dg)
+    """A [D, N] as [1, 1, G, N, Dg] for the decays: times log2(e) when real (``_decay_exp_`` takes 2 ** .)."""
+    A5 = A.view(G, Dg, N).transpose(1, 2).contiguous().view(1, 1, G, N, Dg)
     return A5 if A.is_complex() else A5 * math.log2(math.e)
 
 
 def _chunk_decay(dt, A5, T, skip_first=False):
     """Decay across each whole chunk: prod of a = exp(dt * A) over its T positions (the first one skipped
-    when ``skip_first``) = exp(A * sum of dt). dt: [B, G, Lb, Dg]; A5 from ``_decay_rates`` -> [B, G, nC, N, Dg].
+    when ``skip_first``) = exp(A * sum of dt). dt: [Lb, B, G, Dg]; A5 from ``_decay_rates`` -> [nC, B, G, N, Dg].
     """
-    Bs, G, Lb, Dg = dt.shape
-    dt4 = dt.view(Bs, G, Lb // T, T, Dg)
-    S = (dt4[:, :, :, 1:] if skip_first else dt4).sum(3)
+    Lb, Bs, G, Dg = dt.shape
+    dt5 = dt.view(Lb // T, T, Bs, G, Dg)
+    S = (dt5[:, 1:] if skip_first else dt5).sum(1)
     return _decay_exp_(torch.mul(S.unsqueeze(-2), A5))
 
 
 def _scan_block(a, h, h0, dt, A5, nC):
     """h[t] = a[t] * h[t-1] + b[t] over a block, in place: ``h`` holds b on entry and the states on return.
 
-    a, h: [B, G, Lb, N, Dg], Lb = nC * T; h0: [B, G, N, Dg], the state before the block; dt: [B, G, Lb, Dg]
+    a, h: [Lb, B, G, N, Dg], Lb = nC * T; h0: [B, G, N, Dg], the state before the block; dt: [Lb, B, G, Dg]
     with a = exp(dt * A), A5 from ``_decay_rates``. Returns the last state (a copy). With nC chunks, pass 1
     scans every chunk from zero at once, keeping only its end state; the chunk-to-chunk loop gives each chunk
     its true start state, and pass 2 rescans all chunks from those.
     """
-    Bs, G, Lb, N, Dg = h.shape
+    Lb = h.shape[0]
     T = Lb // nC
-    a6, h6 = a.view(Bs, G, nC, T, N, Dg), h.view(Bs, G, nC, T, N, Dg)
+    a6, h6 = a.view(nC, T, *a.shape[1:]), h.view(nC, T, *h.shape[1:])
     if nC == 1:
-        start = h0.unsqueeze(2)
+        start = h0
     else:
-        end = h6[:, :, :, 0].clone()  # [B, G, nC, N, Dg]
+        end = h6[:, 0].clone()  # [nC, B, G, N, Dg]
         for t in range(1, T):
-            torch.addcmul(h6[:, :, :, t], a6[:, :, :, t], end, out=end)
+            torch.addcmul(h6[:, t], a6[:, t], end, out=end)
         decay = _chunk_decay(dt, A5, T)
         start = end  # start[c]: the state entering chunk c, written over end[c - 1] from the left
         carry = h0
         for c in range(nC):
-            nxt = torch.addcmul(end[:, :, c], decay[:, :, c], carry)
-            start[:, :, c] = carry
+            nxt = torch.addcmul(end[c], decay[c], carry)
+            start[c] = carry
             carry = nxt
-    h6[:, :, :, 0].addcmul_(a6[:, :, :, 0], start)
+    h6[:, 0].addcmul_(a6[:, 0], start)
     for t in range(1, T):
-        h6[:, :, :, t].addcmul_(a6[:, :, :, t], h6[:, :, :, t - 1])
-    return h[:, :, Lb - 1].clone()
+        h6[:, t].addcmul_(a6[:, t], h6[:, t - 1])
+    return h[Lb - 1].clone()
 
 
 def _scan_block_reverse(a, g, q0, dt, A5, nC):
     """g[t] = s[t] + a[t+1] * g[t+1] over a block, in place (``g`` holds s on entry), where a[Lb] * g[Lb] := q0,
     the carry from the right.
 
-    a, g: [B, G, Lb, N, Dg], Lb = nC * T; q0: [B, G, N, Dg]; dt and A5 as in ``_scan_block``, and the same two
+    a, g: [Lb, B, G, N, Dg], Lb = nC * T; q0: [B, G, N, Dg]; dt and A5 as in ``_scan_block``, and the same two
     passes run right to left. Returns a[0] * g[0] (the carry leftward).
     """
-    Bs, G, Lb, N, Dg = g.shape
+    Lb = g.shape[0]
     T = Lb // nC
-    a6, g6 = a.view(Bs, G, nC, T, N, Dg), g.view(Bs, G, nC, T, N, Dg)
+    a6, g6 = a.view(nC, T, *a.shape[1:]), g.view(nC, T, *g.shape[1:])
     if nC == 1:
-        into = q0.unsqueeze(2)
+        into = q0
     else:
-        first = g6[:, :, :, T - 1].clone()  # [B, G, nC, N, Dg]: g at each chunk's first position, from zero
+        first = g6[:, T - 1].clone()  # [nC, B, G, N, Dg]: g at each chunk's first position, from zero
         for t in range(T - 2, -1, -1):
-            torch.addcmul(g6[:, :, :, t], a6[:, :, :, t + 1], first, out=first)
+            torch.addcmul(g6[:, t], a6[:, t + 1], first, out=first)
         decay = _chunk_decay(dt, A5, T, skip_first=True)  # a[1] * ... * a[T-1] of each chunk
         into = first  # into[c]: a * g at the first position right of chunk c, written over first[c + 1]
         carry = q0
         for c in range(nC - 1, -1, -1):
-            nxt = torch.addcmul(first[:, :, c], decay[:, :, c], carry).mul_(a6[:, :, c, 0])
-            into[:, :, c] = carry
+            nxt = torch.addcmul(first[c], decay[c], carry).mul_(a6[c, 0])
+            into[c] = carry
             carry = nxt
-    g6[:, :, :, T - 1].add_(into)
+    g6[:, T - 1].add_(into)
     for t in range(T - 2, -1, -1):
-        g6[:, :, :, t].addcmul_(a6[:, :, :, t + 1], g6[:, :, :, t + 1])
-    return a[:, :, 0] * g[:, :, 0]
+        g6[:, t].addcmul_(a6[:, t + 1], g6[:, t + 1])
+    return a[0] * g[0]
 
 
-def _block_inputs(dt, x, A5, Bt, l0, l1, a, b):
-    """Write a = exp(dt * A) and b = dt * u * B for positions l0:l1 into a, b: [B, G, Lb, N, Dg]."""
-    _decay_exp_(torch.mul(dt[:, :, l0:l1, None, :], A5, out=a))
-    torch.mul(x[:, :, l0:l1, None, :], Bt[:, :, l0:l1, :, None], out=b)
+def _block_inputs(dt, x, A5, Bt, a, b):
+    """Write a = exp(dt * A) and b = dt * u * B for a block into a, b: [Lb, B, G, N, Dg] (dt, x: [Lb, B, G, Dg],
+    Bt: [Lb, B, G, N])."""
+    _decay_exp_(torch.mul(dt[..., None, :], A5, out=a))
+    torch.mul(x[..., None, :], Bt[..., None], out=b)
 
 
 def _workspace(ref, count, shape):
-    """``count`` scratch tensors for blocks of up to ``shape``; allocated once per call, since touching fresh
-    memory for every block costs more than the arithmetic. Returns a function giving views for a block."""
+    """``count`` scratch tensors for blocks of up to ``shape`` (positions first); allocated once per call, since
+    touching fresh memory for every block costs more than the arithmetic. Returns a function giving views for a
+    block of ``lb`` positions."""
     buf = ref.new_empty(count, math.prod(shape))
-
-    def views(lb):
-        block = (*shape[:2], lb, *shape[3:])
-        return [buf[i, : math.prod(block)].view(block) for i in range(count)]
-
-    return views
+    per = math.prod(shape[1:])
+    return lambda lb: [buf[i, : lb * per].view(lb, *shape[1:]) for i in range(count)]
 
 
 class _SelectiveScanTorchFn(torch.autograd.Function):
@@ -330,83 +329,84 @@ class _SelectiveScanTorchFn(torch.autograd.Function):
         Dg = dim // G
         T, Lb, Lp = _torch_plan(Bs * dim * N, L)
 
-        def time_major(t, last):  # [B, G * last, L] or [B, G, last, L] -> [B, G, Lp, last], zero-padded
-            out = t.new_empty(Bs, G, Lp, last)
-            out[:, :, :L] = t.reshape(Bs, G, last, L).transpose(2, 3)
-            out[:, :, L:] = 0
+        def position_major(t, last):  # [B, G * last, L] or [B, G, last, L] -> [Lp, B, G, last], zero-padded
+            out = t.new_empty(Lp, Bs, G, last)
+            out[:L] = t.reshape(Bs, G, last, L).permute(3, 0, 1, 2)
+            out[L:] = 0
             return out
 
         # padded positions have dt = 0: a = 1, b = 0, so they leave the state alone
-        u_t, dt_t = time_major(u, Dg), time_major(dt, Dg)
+        u_t, dt_t = position_major(u, Dg), position_major(dt, Dg)
         x_t = u_t * dt_t
-        B_t, C_t = time_major(B, N), time_major(C, N)
+        B_t, C_t = position_major(B, N), position_major(C, N)
         A5 = _decay_rates(A, G, N, Dg)
-        y = B.new_empty(Bs, G, Lp, Dg)  # B's dtype: the state's (complex with complex A)
+        y = B.new_empty(Lp, Bs, G, Dg)  # B's dtype: the state's (complex with complex A)
         h = B.new_zeros(Bs, G, N, Dg)
         states = []
-        work = _workspace(B, 2, (Bs, G, Lb, N, Dg))
+        work = _workspace(B, 2, (Lb, Bs, G, N, Dg))
         for l0 in range(0, Lp, Lb):
             l1 = min(l0 + Lb, Lp)
             states.append(h)
             a, hs = work(l1 - l0)
-            _block_inputs(dt_t, x_t, A5, B_t, l0, l1, a, hs)
-            h = _scan_block(a, hs, h, dt_t[:, :, l0:l1], A5, max(1, (l1 - l0) // T))
-            torch.matmul(C_t[:, :, l0:l1, None, :], hs, out=y[:, :, l0:l1, None, :])
+            _block_inputs(dt_t[l0:l1], x_t[l0:l1], A5, B_t[l0:l1], a, hs)
+            h = _scan_block(a, hs, h, dt_t[l0:l1], A5, max(1, (l1 - l0) // T))
+            torch.matmul(C_t[l0:l1, :, :, None, :], hs, out=y[l0:l1, :, :, None, :])
         ctx.save_for_backward(u_t, dt_t, A, B_t, C_t, torch.stack(states))
         ctx.dims = (L, T, Lb)
-        y = y[:, :, :L].transpose(2, 3).reshape(Bs, dim, L)
+        y = y[:L].permute(1, 2, 3, 0).reshape(Bs, dim, L)
         return y, h.transpose(2, 3).reshape(Bs, dim, N)
 
     @staticmethod
     def backward(ctx, dy, dh_last):
         u_t, dt_t, A, B_t, C_t, states = ctx.saved_tensors
         L, T, Lb = ctx.dims
-        Bs, G, Lp, Dg = u_t.shape
+        Lp, Bs, G, Dg = u_t.shape
         N = A.shape[1]
         cplx = A.is_complex()
-        dy_t = B_t.new_zeros(Bs, G, Lp, Dg)
+        dy_t = B_t.new_zeros(Lp, Bs, G, Dg)
         if dy is not None:
-            dy_t[:, :, :L] = dy.reshape(Bs, G, Dg, L).transpose(2, 3)
+            dy_t[:L] = dy.reshape(Bs, G, Dg, L).permute(3, 0, 1, 2)
         q = B_t.new_zeros(Bs, G, N, Dg)
         if dh_last is not None:
             q.copy_(dh_last.reshape(Bs, G, Dg, N).transpose(2, 3))
         x_t = u_t * dt_t
         x_w = x_t.to(B_t.dtype)  # (x_t itself when real)
         A5 = _decay_rates(A, G, N, Dg)
-        A5c = A.view(G, Dg, N).transpose(1, 2).conj().view(1, G, 1, N, Dg)  # d a / d dt = a * A
-        dx, ddt = B_t.new_empty(Bs, G, Lp, Dg), B_t.new_empty(Bs, G, Lp, Dg)  # real parts kept when complex
-        dB, dC = torch.empty_like(B_t), torch.empty_like(C_t)  # [B, G, Lp, N]
+        A5c = A.view(G, Dg, N).transpose(1, 2).conj().view(1, 1, G, N, Dg)  # d a / d dt = a * A
+        dx, ddt = B_t.new_empty(Lp, Bs, G, Dg), B_t.new_empty(Lp, Bs, G, Dg)  # real parts kept when complex
+        dB, dC = torch.empty_like(B_t), torch.empty_like(C_t)  # [Lp, B, G, N]
         dA = B_t.new_zeros(G, N, Dg)
         starts = list(range(0, Lp, Lb))
-        work = _workspace(B_t, 3, (Bs, G, Lb, N, Dg))
+        work = _workspace(B_t, 3, (Lb, Bs, G, N, Dg))
         for i in range(len(starts) - 1, -1, -1):
             l0, l1 = starts[i], min(starts[i] + Lb, Lp)
             nC = max(1, (l1 - l0) // T)
             a, h, g = work(l1 - l0)
-            _block_inputs(dt_t, x_t, A5, B_t, l0, l1, a, h)
-            _scan_block(a, h, states[i], dt_t[:, :, l0:l1], A5, nC)
+            dt_b, dy_b = dt_t[l0:l1], dy_t[l0:l1]
+            _block_inputs(dt_b, x_t[l0:l1], A5, B_t[l0:l1], a, h)
+            _scan_block(a, h, states[i], dt_b, A5, nC)
             # (products and sums: a batched matrix-vector product over the long Dg axis is many times slower)
-            torch.sum(torch.mul(h.conj(), dy_t[:, :, l0:l1, None, :], out=g), dim=-1, out=dC[:, :, l0:l1])
-            torch.mul(C_t[:, :, l0:l1, :, None].conj(), dy_t[:, :, l0:l1, None, :], out=g)  # dy[t] * dy[t]/dh[t]
+            torch.sum(torch.mul(h.conj(), dy_b[..., None, :], out=g), dim=-1, out=dC[l0:l1])
+            torch.mul(C_t[l0:l1, ..., None].conj(), dy_b[..., None, :], out=g)  # dy[t] * dy[t]/dh[t]
             if cplx:
                 a.conj_physical_()
             # g[t] = d loss / d h[t]
-            q = _scan_block_reverse(a, g, q, dt_t[:, :, l0:l1], A5.conj(), nC)
-            torch.matmul(B_t[:, :, l0:l1, None, :].conj(), g, out=dx[:, :, l0:l1, None, :])
+            q = _scan_block_reverse(a, g, q, dt_b, A5.conj(), nC)
+            torch.matmul(B_t[l0:l1, :, :, None, :].conj(), g, out=dx[l0:l1, :, :, None, :])
             # d/d(dt * A) = g[t] * a[t] * h[t-1] (conjugated), in a's buffer (h[t] - b[t] would cancel when a ~ 0)
-            a[:, :, 1:].mul_(h[:, :, :-1].conj())
-            a[:, :, 0].mul_(states[i].conj())
+            a[1:].mul_(h[:-1].conj())
+            a[0].mul_(states[i].conj())
             dlog_a = a.mul_(g)
-            torch.sum(torch.mul(g, x_w[:, :, l0:l1, None, :], out=h), dim=-1, out=dB[:, :, l0:l1])
-            dA += torch.mul(dlog_a, dt_t[:, :, l0:l1, None, :], out=h).sum(dim=(0, 2))
-            torch.sum(torch.mul(dlog_a, A5c, out=g), dim=-2, out=ddt[:, :, l0:l1])
+            torch.sum(torch.mul(g, x_w[l0:l1, ..., None, :], out=h), dim=-1, out=dB[l0:l1])
+            dA += torch.mul(dlog_a, dt_b[..., None, :], out=h).sum(dim=(0, 1))
+            torch.sum(torch.mul(dlog_a, A5c, out=g), dim=-2, out=ddt[l0:l1])
         if cplx:  # u and dt are real: the real part of their complex gradients
             dx, ddt = dx.real, ddt.real
         ddt.addcmul_(dx, u_t)
         du = dx.mul_(dt_t)
 
-        def channel_major(t, last):  # [B, G, Lp, last] -> [B, G*last, L]
-            return t[:, :, :L].transpose(2, 3).reshape(Bs, G * last, L)
+        def channel_major(t, last):  # [Lp, B, G, last] -> [B, G*last, L]
+            return t[:L].permute(1, 2, 3, 0).reshape(Bs, G * last, L)
 
         dA = dA.view(G, N, Dg).transpose(1, 2).reshape(G * Dg, N)
         return (channel_major(du, Dg), channel_major(ddt, Dg), dA,
