@@ -107,3 +107,61 @@ def test_mlmu_mask_hides_only_the_answer_at_a_uniform_rate():
     assert (rate > 0.9).float().mean().item() == pytest.approx(0.1, abs=0.03)
     _, all_hidden = mlmu_mask(x, a0, visible_rate=torch.zeros(len(x)))
     assert all_hidden[:, a0:].all()
+
+
+class _Spy(torch.nn.Module):
+    """Records its input and returns one-hot logits of ``answer(tokens)``."""
+
+    def __init__(self, answer) -> None:
+        super().__init__()
+        self.answer, self.seen = answer, None
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.seen = tokens.clone()
+        return torch.nn.functional.one_hot(self.answer(tokens), maze_vocab_size(3)).float() * 10 + self.dummy
+
+
+def test_both_objectives_score_the_path_the_same_way():
+    from mmseq.synthetic.mazes import MazeModule
+
+    d = make_mazes(8, 3, seed=0)
+    batch = (d["inputs"], d["labels"])
+    a0 = path_start(3) + 1
+    # next-token: the logits at t are read as the token at t + 1, so a model that outputs the next token is exact
+    shifted = MazeModule(_Spy(lambda t: torch.roll(t, -1, dims=1)), {"lr": 1e-3}, 1, 3, "next-token")
+    logits, targets = shifted.forward_batch(batch, "val")
+    assert (exact_rate(logits, targets) == 1.0) and torch.equal(targets, d["labels"][:, 1:])
+    same = MazeModule(_Spy(lambda t: t), {"lr": 1e-3}, 1, 3, "next-token")
+    assert exact_rate(*same.forward_batch(batch, "val")) == 0.0
+    # MLM-U evaluation: the model sees the prompt and nothing of the answer
+    spy = _Spy(lambda t: t)
+    mlmu = MazeModule(spy, {"lr": 1e-3}, 1, 3, "mlm-u")
+    _, targets = mlmu.forward_batch(batch, "val")
+    assert (spy.seen[:, a0:] == MASK).all() and torch.equal(spy.seen[:, :a0], d["inputs"][:, :a0])
+    assert torch.equal(targets, d["labels"])
+    # MLM-U training: the loss covers exactly the hidden answer tokens, the padding after <PATH_END> included
+    _, targets = mlmu.forward_batch(batch, "train")
+    hidden = spy.seen == MASK
+    assert torch.equal(targets != IGNORE, hidden) and torch.equal(targets[hidden], d["inputs"][hidden])
+
+
+def exact_rate(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    scored = targets != IGNORE
+    return ((logits.argmax(-1) == targets) | ~scored).all(1).float().mean().item()
+
+
+def test_data_make_maze_writes_what_the_task_reads(tmp_path, capsys):
+    from mmseq.cli import main
+    from mmseq.errors import ConfigError
+    from mmseq.runner.task import load_task
+
+    out = tmp_path / "mazes"
+    assert main(["data", "make", "maze", str(out), "data.grid=3", "data.num_train=16", "data.num_val=4",
+                 "data.num_test=4"]) == 0
+    task = load_task({"task": "maze", "data": {"root": str(out), "grid": 3}})
+    dm = task.build_datamodule()
+    dm.setup("fit")
+    assert torch.equal(dm.splits["train"].tensors[0], make_mazes(16, 3, task.split_seed("train"))["inputs"])
+    with pytest.raises(ConfigError, match="made with grid=3"):
+        load_task({"task": "maze", "data": {"root": str(out), "grid": 4}})
