@@ -315,15 +315,18 @@ def _workspace(ref, count, shape):
 
 
 class _SelectiveScanTorchFn(torch.autograd.Function):
-    """Core scan y[t] = <C[t], h[t]>: u, dt [B, D, L], A [D, N], B, C [B, G, N, L] -> y [B, D, L], h [B, D, N]
+    """The scan with its step size, skip and gate: u, delta, z [B, D, L], A [D, N], B, C [B, G, N, L], D and
+    delta_bias [D] (or None) -> out [B, D, L], last state [B, D, N].
 
-    u and dt share one float dtype; A, B, C have it too, or all its complex type (then y and h are complex, and
-    the backward takes conjugates as PyTorch's complex autograd does: it is written with ``.conj()``, a no-op
-    on real tensors). Saves only the inputs and the state at each block boundary.
+    u, delta, z, D, delta_bias share one float dtype; A, B, C have it too, or all its complex type (then the
+    state is complex, out counts 2 Re(y), and the backward takes conjugates as PyTorch's complex autograd does:
+    it is written with ``.conj()``, a no-op on real tensors). Step size, skip and gate run in the core's layout
+    beside the scan, with their gradients written out. Saves the inputs, the step size, the output before the
+    gate (with z) and the state at each block boundary.
     """
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         Bs, dim, L = u.shape
         G, N = B.shape[1], B.shape[2]
         Dg = dim // G
@@ -335,8 +338,13 @@ class _SelectiveScanTorchFn(torch.autograd.Function):
             out[L:] = 0
             return out
 
-        # padded positions have dt = 0: a = 1, b = 0, so they leave the state alone
-        u_t, dt_t = position_major(u, Dg), position_major(dt, Dg)
+        u_t, dt_t = position_major(u, Dg), position_major(delta, Dg)
+        if delta_bias is not None:
+            dt_t += delta_bias.reshape(G, Dg)
+        pre = dt_t if delta_softplus else None  # softplus' input, for its derivative
+        if delta_softplus:
+            dt_t = F.softplus(dt_t)
+        dt_t[L:] = 0  # padded positions have dt = 0: a = 1, b = 0, so they leave the state alone
         x_t = u_t * dt_t
         B_t, C_t = position_major(B, N), position_major(C, N)
         A5 = _decay_rates(A, G, N, Dg)
@@ -351,21 +359,39 @@ class _SelectiveScanTorchFn(torch.autograd.Function):
             _block_inputs(dt_t[l0:l1], x_t[l0:l1], A5, B_t[l0:l1], a, hs)
             h = _scan_block(a, hs, h, dt_t[l0:l1], A5, max(1, (l1 - l0) // T))
             torch.matmul(C_t[l0:l1, :, :, None, :], hs, out=y[l0:l1, :, :, None, :])
-        ctx.save_for_backward(u_t, dt_t, A, B_t, C_t, torch.stack(states))
+        if y.is_complex():  # the conjugate pair's contribution, as in mamba_ssm
+            y = y.real * 2
+        if D is not None:
+            y.addcmul_(u_t, D.reshape(G, Dg))
+        z_t = position_major(z, Dg) if z is not None else None
+        out = y * F.silu(z_t) if z is not None else y
+        ctx.save_for_backward(u_t, dt_t, pre, z_t, y if z is not None else None, A, B_t, C_t, D,
+                              torch.stack(states))
         ctx.dims = (L, T, Lb)
-        y = y[:L].permute(1, 2, 3, 0).reshape(Bs, dim, L)
-        return y, h.transpose(2, 3).reshape(Bs, dim, N)
+        ctx.has_bias = delta_bias is not None
+        out = out[:L].permute(1, 2, 3, 0).reshape(Bs, dim, L)
+        return out, h.transpose(2, 3).reshape(Bs, dim, N)
 
     @staticmethod
-    def backward(ctx, dy, dh_last):
-        u_t, dt_t, A, B_t, C_t, states = ctx.saved_tensors
+    def backward(ctx, dout, dh_last):
+        u_t, dt_t, pre, z_t, y_t, A, B_t, C_t, D, states = ctx.saved_tensors
         L, T, Lb = ctx.dims
         Lp, Bs, G, Dg = u_t.shape
         N = A.shape[1]
         cplx = A.is_complex()
-        dy_t = B_t.new_zeros(Lp, Bs, G, Dg)
-        if dy is not None:
-            dy_t[:L] = dy.reshape(Bs, G, Dg, L).permute(3, 0, 1, 2)
+        dy_t = u_t.new_zeros(Lp, Bs, G, Dg)  # d loss / d y, y the output before the gate
+        if dout is not None:
+            dy_t[:L] = dout.reshape(Bs, G, Dg, L).permute(3, 0, 1, 2)
+        dz = dD = None
+        if z_t is not None:
+            s = torch.sigmoid(z_t)
+            silu = z_t * s
+            # silu'(z) = s * (1 + z * (1 - s))
+            dz = dy_t * y_t * (s * (1 + z_t * (1 - s)))
+            dy_t *= silu
+        if D is not None:
+            dD = (dy_t * u_t).sum(dim=(0, 1))
+        dys = (dy_t * 2).to(B_t.dtype) if cplx else dy_t  # d loss / d (scan output y_s): out holds 2 Re(y_s)
         q = B_t.new_zeros(Bs, G, N, Dg)
         if dh_last is not None:
             q.copy_(dh_last.reshape(Bs, G, Dg, N).transpose(2, 3))
@@ -382,7 +408,7 @@ class _SelectiveScanTorchFn(torch.autograd.Function):
             l0, l1 = starts[i], min(starts[i] + Lb, Lp)
             nC = max(1, (l1 - l0) // T)
             a, h, g = work(l1 - l0)
-            dt_b, dy_b = dt_t[l0:l1], dy_t[l0:l1]
+            dt_b, dy_b = dt_t[l0:l1], dys[l0:l1]
             _block_inputs(dt_b, x_t[l0:l1], A5, B_t[l0:l1], a, h)
             _scan_block(a, h, states[i], dt_b, A5, nC)
             # (products and sums: a batched matrix-vector product over the long Dg axis is many times slower)
@@ -404,13 +430,20 @@ class _SelectiveScanTorchFn(torch.autograd.Function):
             dx, ddt = dx.real, ddt.real
         ddt.addcmul_(dx, u_t)
         du = dx.mul_(dt_t)
+        if D is not None:
+            du.addcmul_(dy_t, D.reshape(G, Dg))
+        if pre is not None:  # softplus'(x) = sigmoid(x)
+            ddt.mul_(torch.sigmoid(pre))
+        dbias = ddt[:L].sum(dim=(0, 1)).reshape(G * Dg) if ctx.has_bias else None
 
         def channel_major(t, last):  # [Lp, B, G, last] -> [B, G*last, L]
             return t[:L].permute(1, 2, 3, 0).reshape(Bs, G * last, L)
 
         dA = dA.view(G, N, Dg).transpose(1, 2).reshape(G * Dg, N)
         return (channel_major(du, Dg), channel_major(ddt, Dg), dA,
-                channel_major(dB, N).view(Bs, G, N, L), channel_major(dC, N).view(Bs, G, N, L))
+                channel_major(dB, N).view(Bs, G, N, L), channel_major(dC, N).view(Bs, G, N, L),
+                dD.reshape(G * Dg) if dD is not None else None, channel_major(dz, Dg) if dz is not None else None,
+                dbias, None)
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -424,17 +457,11 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     """
     cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     sdt = _complex_of(cdt) if A.is_complex() else cdt  # dtype of the state
-    dt = _step_size(delta, delta_bias, delta_softplus, cdt)
     Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
-    uc = u.to(cdt)
-    y, last_state = _SelectiveScanTorchFn.apply(uc, dt, A.to(sdt), Bg.to(sdt), Cg.to(sdt))
-    if y.is_complex():  # the conjugate pair's contribution, as in mamba_ssm
-        y = y.real * 2
-    if D is not None:
-        y = y + D.to(cdt)[:, None] * uc
-    if z is not None:
-        y = y * F.silu(z.to(cdt))
-    out = y.to(u.dtype)
+    D, z, delta_bias = (t.to(cdt) if t is not None else None for t in (D, z, delta_bias))
+    out, last_state = _SelectiveScanTorchFn.apply(u.to(cdt), delta.to(cdt), A.to(sdt), Bg.to(sdt), Cg.to(sdt),
+                                                  D, z, delta_bias, delta_softplus)
+    out = out.to(u.dtype)
     return (out, last_state) if return_last_state else out
 
 
