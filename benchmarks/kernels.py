@@ -4,6 +4,7 @@
     python benchmarks/kernels.py --device cuda        # GPU shapes (adds Triton, GB/s and % of the bandwidth floor)
     python benchmarks/kernels.py --quick              # small shapes, a smoke run in seconds
     python benchmarks/kernels.py --ops fft_conv attention --threads 2 --markdown benchmarks/RESULTS.md
+    python benchmarks/kernels.py --ops selective_scan --against 606a22c   # also the torch path as of a commit
 
 One table is printed. Each row is one (op, shape, dtype, pass, impl); rows with the same op, shape, dtype and
 pass form a group, and ``speedup`` is the time of the group's baseline (named in the ``baseline`` column,
@@ -11,6 +12,11 @@ normally ``ref``) divided by the row's time, both measured in this run. ``ms`` i
 runs after warm-up. On CUDA, ``GB/s`` counts the minimum bytes an implementation must move (every input read
 once and every output written once; for fwd+bwd also grad_out read once and every input gradient written
 once) divided by the time, and ``%BW`` is that rate as a fraction of ``--peak-gbps``.
+
+Peers: on CPU the selective scan is also timed in mambapy (its parallel scan ``pscan``, as its Mamba block
+calls it), an optional dependency (``pip install mambapy``, or the ``bench`` extra). ``vs mambapy`` is that
+row's time divided by each row's time in the same group; without the package its row says so and the column
+stays empty.
 
 Nothing is written unless ``--markdown FILE`` is given; the table is then appended to FILE under a line
 with the date, the device, the torch version and the command.
@@ -21,8 +27,11 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import importlib.util
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or l
 from report import render, setup_device, write_markdown  # noqa: E402
 
 OPS = ("selective_scan", "causal_conv1d", "fft_conv", "attention")
+PEERS = {"mambapy": "mambapy"}  # impl of a peer row -> the optional package it needs
 DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 
 
@@ -113,6 +123,8 @@ def _nbytes(tensors) -> int:
 
 def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> Row:
     """Build the inputs, count the minimum bytes, time the case; any failure becomes the row's error."""
+    if case.impl in PEERS and importlib.util.find_spec(PEERS[case.impl]) is None:
+        return Row(case, case.op, error=f"not installed: pip install {PEERS[case.impl]} (or the bench extra)")
     try:
         torch.manual_seed(0)
         fn, inputs = case.make()
@@ -165,8 +177,40 @@ def _randn(*shape, dtype, device, grad=True, scale=1.0, shift=0.0):
     return t.to(dtype).requires_grad_(grad)
 
 
-def selective_scan_cases(device: torch.device, quick: bool) -> list[Case]:
+def _mambapy_scan(u, delta, A, B, C, D, z, delta_bias):
+    """The same scan (softplus step size with bias, D skip, z gate) through mambapy's parallel scan, as its
+    Mamba block runs it: [B, D, L] inputs laid out as its (B, L, D), every [B, L, D, N] tensor materialised."""
+    import torch.nn.functional as F
+    from mambapy.pscan import pscan
+
+    x = u.transpose(1, 2)  # (B, L, D)
+    dt = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)
+    deltaA = torch.exp(dt.unsqueeze(-1) * A)  # (B, L, D, N)
+    BX = (dt * x).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(2)
+    hs = pscan(deltaA, BX)
+    y = (hs @ C.transpose(1, 2).unsqueeze(-1)).squeeze(3) + D * x
+    return (y * F.silu(z.transpose(1, 2))).transpose(1, 2)
+
+
+def _selective_scan_torch_at(rev: str) -> Callable:
+    """``selective_scan_torch`` of kernels/selective_scan.py as of git revision ``rev``, for before/after timings
+    in one run. The file is written to a temporary folder (Triton's decorators read their source from a file)
+    and loaded as a module of mmseq.kernels, so its relative imports resolve."""
+    root = Path(__file__).resolve().parent.parent
+    src = subprocess.run(["git", "show", f"{rev}:kernels/selective_scan.py"], cwd=root, check=True,
+                         capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="kernels_at_")) / "selective_scan.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"mmseq.kernels._selective_scan_at_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.selective_scan_torch
+
+
+def selective_scan_cases(device: torch.device, quick: bool, against: str | None = None) -> list[Case]:
     from mmseq.kernels.selective_scan import selective_scan
+
+    old = _selective_scan_torch_at(against) if against else None
 
     def make(Bb, D, N, L, dtype, impl):
         def build():
@@ -179,6 +223,10 @@ def selective_scan_cases(device: torch.device, quick: bool) -> list[Case]:
             delta_bias = _randn(D, dtype=torch.float32, scale=0.1, shift=-2.0, **kw)
 
             def fn(u, delta, A, B, C, Dskip, z, delta_bias):
+                if impl == "mambapy":
+                    return _mambapy_scan(u, delta, A, B, C, Dskip, z, delta_bias)
+                if impl == f"torch@{against}":
+                    return old(u, delta, A, B, C, Dskip, z, delta_bias, delta_softplus=True)
                 return selective_scan(u, delta, A, B, C, Dskip, z, delta_bias, delta_softplus=True, impl=impl)
 
             return fn, [u, delta, A, B, C, Dskip, z, delta_bias]
@@ -196,9 +244,13 @@ def selective_scan_cases(device: torch.device, quick: bool) -> list[Case]:
         return (group(1, 256, 16, 2048, torch.bfloat16, _impls(device), "ref")
                 + group(8, 2048, 16, 8192, torch.bfloat16, _impls(device, ref=False), "torch",
                         "ref too slow at this shape: baseline is the torch path; ref compared at B=1 D=256 L=2048"))
+    peer = [f"torch@{against}"] * bool(against) + ["mambapy"]
     if quick:
-        return group(1, 32, 8, 256, torch.float32, _impls(device), "ref")
-    return group(2, 256, 16, 4096, torch.float32, _impls(device), "ref")
+        return group(1, 32, 8, 256, torch.float32, _impls(device) + peer, "ref")
+    return (group(2, 256, 16, 4096, torch.float32, _impls(device), "ref")
+            + group(2, 256, 16, 2048, torch.float32, _impls(device) + peer, "ref")
+            + group(64, 128, 16, 98, torch.float32, _impls(device) + peer, "ref",
+                    "the keyword Mamba block's scan (d_model 64, expand 2, d_state 16; batch 64, 98 frames)"))
 
 
 def causal_conv1d_cases(device: torch.device, quick: bool) -> list[Case]:
@@ -322,7 +374,8 @@ def collect_rows(ops: list[str], device: torch.device, args: argparse.Namespace)
     for op in ops:
         try:
             load_op(op)
-            cases = BUILDERS[op](device, args.quick)
+            cases = BUILDERS[op](device, args.quick, **({"against": args.against} if args.against and
+                                                        op == "selective_scan" else {}))
         except Exception as e:  # a missing or broken op module gets one row and the run goes on
             rows.append(Row(None, op, error=f"not available: {type(e).__name__}: {' '.join(str(e).split())[:100]}"))
             print(f"[{op}] not available", file=sys.stderr, flush=True)
@@ -345,26 +398,31 @@ def table(rows: list[Row], device: torch.device, peak_gbps: float) -> str:
     """The rows as an aligned pipe table (valid markdown)."""
     base_ms = {(r.case.group, r.case.impl): r.ms for r in rows if r.case is not None and r.ms is not None}
     cuda = device.type == "cuda"
+    peers = sorted({r.case.impl for r in rows if r.case is not None and r.case.impl in PEERS})
     header = ["op", "shape", "dtype", "pass", "impl", "ms", "baseline", "speedup"]
+    header += [f"vs {p}" for p in peers]
     header += ["GB/s", "%BW"] if cuda else []
     header += ["note"]
     body = []
     for r in rows:
         c = r.case
         if c is None:
-            cells = [r.op, "-", "-", "-", "-", "-", "-", "-"] + (["-", "-"] if cuda else []) + [r.error]
+            cells = [r.op] + ["-"] * (7 + len(peers)) + (["-", "-"] if cuda else []) + [r.error]
             body.append(cells)
             continue
         ref_ms = base_ms.get((c.group, c.baseline)) if c.baseline else None
         ms = f"{r.ms:.3f}" if r.ms is not None else "-"
         speedup = f"{ref_ms / r.ms:.2f}" if r.ms and ref_ms else "-"
         cells = [c.op, c.shape, DTYPES[c.dtype], c.mode, c.impl, ms, c.baseline or "-", speedup]
+        for p in peers:
+            peer_ms = base_ms.get((c.group, p))
+            cells.append(f"{peer_ms / r.ms:.2f}" if r.ms and peer_ms else "-")
         if cuda:
             gbps = r.nbytes / (r.ms * 1e-3) / 1e9 if r.ms else None
             cells += [f"{gbps:.0f}", f"{100 * gbps / peak_gbps:.1f}"] if gbps else ["-", "-"]
         cells.append(r.error or c.note)
         body.append(cells)
-    return render(header, body, {"ms", "speedup", "GB/s", "%BW"})
+    return render(header, body, {"ms", "speedup", "GB/s", "%BW", *(f"vs {p}" for p in peers)})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -375,6 +433,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"ops to run, space or comma separated (default: all of {', '.join(OPS)})")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="append the table to FILE")
+    p.add_argument("--against", default=None, metavar="REV",
+                   help="selective_scan on CPU: also time the torch path as of git revision REV (row torch@REV)")
     p.add_argument("--peak-gbps", type=float, default=3350.0, help="peak memory bandwidth, GB/s (H100 SXM: 3350)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up calls per row (default 2)")
     p.add_argument("--min-reps", type=int, default=3, help="fewest timed samples per row (default 3)")
