@@ -15,8 +15,8 @@ once) divided by the time, and ``%BW`` is that rate as a fraction of ``--peak-gb
 
 Peers: on CPU the selective scan is also timed in mambapy (its parallel scan ``pscan``, as its Mamba block
 calls it), an optional dependency (``pip install mambapy``, or the ``bench`` extra). ``vs mambapy`` is that
-row's time divided by each row's time in the same group; without the package its row says so and the column
-stays empty.
+row's time divided by each row's time in the same group; without the package there is no such row or column,
+and the group's note says so.
 
 Nothing is written unless ``--markdown FILE`` is given; the table is then appended to FILE under a line
 with the date, the device, the torch version and the command.
@@ -123,8 +123,6 @@ def _nbytes(tensors) -> int:
 
 def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> Row:
     """Build the inputs, count the minimum bytes, time the case; any failure becomes the row's error."""
-    if case.impl in PEERS and importlib.util.find_spec(PEERS[case.impl]) is None:
-        return Row(case, case.op, error=f"not installed: pip install {PEERS[case.impl]} (or the bench extra)")
     try:
         torch.manual_seed(0)
         fn, inputs = case.make()
@@ -192,6 +190,13 @@ def _mambapy_scan(u, delta, A, B, C, D, z, delta_bias):
     return (y * F.silu(z.transpose(1, 2))).transpose(1, 2)
 
 
+def _peers() -> tuple[list[str], str]:
+    """The peer impls whose package imports, and a note naming the ones skipped."""
+    missing = [name for name, package in PEERS.items() if importlib.util.find_spec(package) is None]
+    note = f"no {', '.join(missing)} column: pip install {' '.join(PEERS[m] for m in missing)} (the bench extra)"
+    return [name for name in PEERS if name not in missing], note if missing else ""
+
+
 def _selective_scan_torch_at(rev: str) -> Callable:
     """``selective_scan_torch`` of kernels/selective_scan.py as of git revision ``rev``, for before/after timings
     in one run. The file is written to a temporary folder (Triton's decorators read their source from a file)
@@ -244,13 +249,14 @@ def selective_scan_cases(device: torch.device, quick: bool, against: str | None 
         return (group(1, 256, 16, 2048, torch.bfloat16, _impls(device), "ref")
                 + group(8, 2048, 16, 8192, torch.bfloat16, _impls(device, ref=False), "torch",
                         "ref too slow at this shape: baseline is the torch path; ref compared at B=1 D=256 L=2048"))
-    peer = [f"torch@{against}"] * bool(against) + ["mambapy"]
+    peers, skipped = _peers()
+    impls = _impls(device) + [f"torch@{against}"] * bool(against) + peers
     if quick:
-        return group(1, 32, 8, 256, torch.float32, _impls(device) + peer, "ref")
+        return group(1, 32, 8, 256, torch.float32, impls, "ref", skipped)
+    keyword = "the keyword Mamba block's scan (d_model 64, expand 2, d_state 16; batch 64, 98 frames)"
     return (group(2, 256, 16, 4096, torch.float32, _impls(device), "ref")
-            + group(2, 256, 16, 2048, torch.float32, _impls(device) + peer, "ref")
-            + group(64, 128, 16, 98, torch.float32, _impls(device) + peer, "ref",
-                    "the keyword Mamba block's scan (d_model 64, expand 2, d_state 16; batch 64, 98 frames)"))
+            + group(2, 256, 16, 2048, torch.float32, impls, "ref", skipped)
+            + group(64, 128, 16, 98, torch.float32, impls, "ref", "; ".join(filter(None, (keyword, skipped)))))
 
 
 def causal_conv1d_cases(device: torch.device, quick: bool) -> list[Case]:
@@ -374,7 +380,8 @@ def collect_rows(ops: list[str], device: torch.device, args: argparse.Namespace)
     for op in ops:
         try:
             load_op(op)
-            cases = BUILDERS[op](device, args.quick, **({"against": args.against} if args.against and
+            against = getattr(args, "against", None)
+            cases = BUILDERS[op](device, args.quick, **({"against": against} if against and
                                                         op == "selective_scan" else {}))
         except Exception as e:  # a missing or broken op module gets one row and the run goes on
             rows.append(Row(None, op, error=f"not available: {type(e).__name__}: {' '.join(str(e).split())[:100]}"))
