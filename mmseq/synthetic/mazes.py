@@ -18,7 +18,8 @@ Objectives:
 - ``mlm-u`` (MLM-U): a bidirectional model; per sequence a visible rate r ~ U(0, 1), each answer token
   (path, ``<PATH_END>``, padding) stays visible iff u_t < r, so the masked fraction is uniform; the prompt is
   always visible. The loss is cross-entropy on the hidden answer tokens. Evaluation hides the whole answer
-  and reads every token from one forward pass.
+  and reads every token from one forward pass (``decode: one-pass``), or fills one token per pass, the one
+  the model is surest of, each time seeing the tokens filled before (``decode: confident-first``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ ORIGIN_START, ORIGIN_END, TARGET_START, TARGET_END = 4, 5, 6, 7
 PATH_START, PATH_END, MASK = 8, 9, 10
 CELL0 = 11  # cell (i, j) of an n x n grid is token CELL0 + i * n + j
 OBJECTIVES = ("next-token", "mlm-u")
+DECODES = ("one-pass", "confident-first")
 
 
 def maze_vocab_size(grid: int) -> int:
@@ -156,20 +158,36 @@ def mlmu_mask(inputs: torch.Tensor, answer_start: int, generator: torch.Generato
     return inputs.masked_fill(hidden, MASK), hidden
 
 
+def fill_confident_first(model, masked: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Fill the hidden tokens of masked [B, L] one per forward pass, each time the position (per sequence) whose
+    prediction is most probable; returns the filled tokens [B, L]."""
+    tokens, hidden = masked.clone(), hidden.clone()
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    for _ in range(int(hidden.sum(1).max())):
+        prob, pred = model(tokens).softmax(-1).max(-1)
+        pos = prob.masked_fill(~hidden, -1.0).argmax(1)
+        todo = hidden[rows, pos]  # sequences with nothing left keep their tokens
+        tokens[rows[todo], pos[todo]] = pred[rows[todo], pos[todo]]
+        hidden[rows[todo], pos[todo]] = False
+    return tokens
+
+
 class MazeModule(TaskModule):
     """Next-token or MLM-U training on maze paths; ``acc`` per answer token and ``exact`` (whole path and
     ``<PATH_END>`` right) with the same meaning under both objectives."""
 
-    def __init__(self, model, optim, max_steps: int, grid: int, objective: str) -> None:
+    def __init__(self, model, optim, max_steps: int, grid: int, objective: str, decode: str = "one-pass") -> None:
         vocab = maze_vocab_size(grid)
         metrics = {"acc": lambda: MulticlassAccuracy(vocab, average="micro", ignore_index=IGNORE),
                    "exact": MeanMetric}
         super().__init__(model, optim, max_steps, metrics=metrics, prog_bar=("exact",))
         self.objective = objective
+        self.decode = decode
         self.answer_start = path_start(grid) + 1
 
-    def forward_batch(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, L', V], targets [B, L']) with -100 where nothing is scored."""
+    def forward_batch(self, batch, stage: str) -> tuple[torch.Tensor, ...]:
+        """(logits [B, L', V], targets [B, L']) with -100 where nothing is scored; MLM-U evaluation with
+        ``confident-first`` adds the filled tokens [B, L] (the loss stays the one-pass loss)."""
         inputs, labels = batch[0], batch[1]
         if self.objective == "next-token":
             return self.model(inputs)[:, :-1], labels[:, 1:]
@@ -177,17 +195,19 @@ class MazeModule(TaskModule):
             masked, hidden = mlmu_mask(inputs, self.answer_start)
             # the loss covers every hidden answer token, the padding after <PATH_END> included (it fixes the length)
             return self.model(masked), torch.where(hidden, inputs, IGNORE)
-        masked, _ = mlmu_mask(inputs, self.answer_start, visible_rate=torch.zeros(inputs.shape[0]))
+        masked, hidden = mlmu_mask(inputs, self.answer_start, visible_rate=torch.zeros(inputs.shape[0]))
+        if self.decode == "confident-first":
+            return self.model(masked), labels, fill_confident_first(self.model, masked, hidden)
         return self.model(masked), labels
 
     def loss(self, outputs, batch) -> torch.Tensor:
-        logits, targets = outputs
+        logits, targets = outputs[:2]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                ignore_index=IGNORE)
 
     def update_metrics(self, metrics, outputs, batch) -> None:
-        logits, targets = outputs
-        preds = logits.argmax(-1)
+        logits, targets = outputs[:2]
+        preds = outputs[2] if len(outputs) > 2 else logits.argmax(-1)
         metrics["acc"].update(preds, targets)
         metrics["exact"].update(exact_match(preds, targets))
 
@@ -208,6 +228,7 @@ class MazeModelConfig(SequenceModelConfig):
     (next-token: causal; mlm-u: bidirectional)."""
 
     objective: str = "next-token"  # next-token | mlm-u
+    decode: str = "one-pass"  # mlm-u evaluation: one-pass | confident-first (one token per pass)
     mixer: dict[str, Any] = field(default_factory=lambda: {"name": "attention"})
 
 
@@ -224,6 +245,9 @@ class MazeTask(_RecallTask):
         if self.cfg.model.objective not in OBJECTIVES:
             raise ConfigError(f"config key 'model.objective': expected one of {', '.join(OBJECTIVES)}, "
                               f"got {self.cfg.model.objective!r}")
+        if self.cfg.model.decode not in DECODES:
+            raise ConfigError(f"config key 'model.decode': expected one of {', '.join(DECODES)}, "
+                              f"got {self.cfg.model.decode!r}")
         super().check()
 
     def vocab_size(self) -> int:
@@ -236,8 +260,9 @@ class MazeTask(_RecallTask):
     def build_model(self) -> SequenceLM:
         m = to_dict(self.cfg.model)
         objective = m.pop("objective")
+        m.pop("decode")
         return SequenceLM(vocab_size=self.vocab_size(), causal=objective == "next-token", **m)
 
     def build_module(self, model) -> MazeModule:
         return MazeModule(model, self.cfg.optim, self.cfg.trainer.max_steps, self.cfg.data.grid,
-                          self.cfg.model.objective)
+                          self.cfg.model.objective, self.cfg.model.decode)

@@ -165,3 +165,28 @@ def test_data_make_maze_writes_what_the_task_reads(tmp_path, capsys):
     assert torch.equal(dm.splits["train"].tensors[0], make_mazes(16, 3, task.split_seed("train"))["inputs"])
     with pytest.raises(ConfigError, match="made with grid=3"):
         load_task({"task": "maze", "data": {"root": str(out), "grid": 4}})
+
+
+def test_confident_first_fills_the_surest_hidden_token_each_pass():
+    from mmseq.synthetic.mazes import fill_confident_first
+
+    d = make_mazes(6, 3, seed=4)
+    truth = d["inputs"]
+    a0 = path_start(3) + 1
+    gen = torch.Generator().manual_seed(1)
+    masked, hidden = mlmu_mask(truth, a0, visible_rate=torch.full((6,), 0.5), generator=gen)
+    sureness = torch.rand(truth.shape, generator=torch.Generator().manual_seed(2))  # per position, fixed
+    filled_order = []
+
+    def oracle(tokens: torch.Tensor) -> torch.Tensor:
+        filled_order.append(tokens.clone())
+        return torch.nn.functional.one_hot(truth, maze_vocab_size(3)).float() * (1 + 5 * sureness)[..., None]
+
+    out = fill_confident_first(oracle, masked, hidden)
+    assert torch.equal(out, truth)  # an oracle's answers fill every hidden token and touch nothing else
+    assert len(filled_order) == int(hidden.sum(1).max())
+    for i in range(6):  # per sequence, the positions fill in decreasing sureness
+        order = [int((a[i] != b[i]).nonzero().flatten()[0]) for a, b in zip(filled_order, filled_order[1:] + [out])
+                 if (a[i] != b[i]).any()]
+        expected = sorted(hidden[i].nonzero().flatten().tolist(), key=lambda p: -float(sureness[i, p]))
+        assert order == expected
