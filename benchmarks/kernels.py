@@ -5,6 +5,7 @@
     python benchmarks/kernels.py --quick              # small shapes, a smoke run in seconds
     python benchmarks/kernels.py --ops fft_conv attention --threads 2 --markdown benchmarks/RESULTS.md
     python benchmarks/kernels.py --ops selective_scan --against 606a22c   # also the torch path as of a commit
+    python benchmarks/kernels.py --ops selective_scan --impls torch mambapy   # skip the (slow) reference rows
 
 One table is printed. Each row is one (op, shape, dtype, pass, impl); rows with the same op, shape, dtype and
 pass form a group, and ``speedup`` is the time of the group's baseline (named in the ``baseline`` column,
@@ -387,7 +388,10 @@ def collect_rows(ops: list[str], device: torch.device, args: argparse.Namespace)
             rows.append(Row(None, op, error=f"not available: {type(e).__name__}: {' '.join(str(e).split())[:100]}"))
             print(f"[{op}] not available", file=sys.stderr, flush=True)
             continue
+        impls = getattr(args, "impls", None)
         for case in cases:
+            if impls and case.impl.split("@")[0] not in impls and case.impl not in impls:
+                continue
             row = run_case(case, device, args)
             shown = f"{row.ms:.3f} ms" if row.ms is not None else row.error
             print(f"[{op}] {case.shape} {DTYPES[case.dtype]} {case.mode} {case.impl}: {shown}",
@@ -440,6 +444,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"ops to run, space or comma separated (default: all of {', '.join(OPS)})")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="append the table to FILE")
+    p.add_argument("--impls", nargs="+", default=None, metavar="IMPL",
+                   help="time only these impls (e.g. torch mambapy; torch also selects torch@REV; default: all)")
     p.add_argument("--against", default=None, metavar="REV",
                    help="selective_scan on CPU: also time the torch path as of git revision REV (row torch@REV)")
     p.add_argument("--peak-gbps", type=float, default=3350.0, help="peak memory bandwidth, GB/s (H100 SXM: 3350)")
