@@ -25,8 +25,7 @@ Objectives:
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -229,7 +228,6 @@ class MazeModelConfig(SequenceModelConfig):
 
     objective: str = "next-token"  # next-token | mlm-u
     decode: str = "one-pass"  # mlm-u evaluation: one-pass | confident-first (one token per pass)
-    mixer: dict[str, Any] = field(default_factory=lambda: {"name": "attention"})
 
 
 @register_task("maze")

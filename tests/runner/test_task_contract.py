@@ -94,7 +94,8 @@ def _suite_cases(tmp: Path) -> dict[str, dict]:
         "copy": {"task": "copy", "data": {"copy_len": 8, "vocab_size": 4, **splits}, "model": TINY_TRUNK},
         "selective-copy": {"task": "selective-copy", "data": {"seq_len": 16, "num_tokens": 3, "vocab_size": 4,
                                                               **splits}, "model": TINY_TRUNK},
-        "maze": {"task": "maze", "data": {"grid": 3, **splits}, "model": {**TINY_TRUNK, "objective": "mlm-u"}},
+        "maze": {"task": "maze", "data": {"grid": 3, **splits},
+                 "model": {**TINY_TRUNK, "objective": "mlm-u", "decode": "confident-first"}},
         "dna-pretrain": {"task": "dna-pretrain", "data": dna, "model": TINY_TRUNK},
         "dna-classify": {"task": "dna-classify", "data": dna, "model": TINY_TRUNK},
     }
