@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -11,13 +12,25 @@ from torch import nn
 from .base import Mixer, register_mixer
 from .rotary import Rotary
 
+if TYPE_CHECKING:
+    from .kv_policies import KVCachePolicy
+
 
 @dataclass
 class KVState:
-    """Streaming state: keys/values seen so far, [B, H, t, P] each."""
+    """Streaming state: keys/values kept so far, [B, H, t, P] each.
+
+    Under a cache policy (``kv_policies.set_cache_policy``) the cache may have dropped tokens, so the state also
+    holds ``pos`` [B, t], the original position of each kept entry, ``seen``, the tokens appended so far, and
+    ``cursor``, the policy's own bookkeeping (LaCache's ladder cursor). Without a policy ``pos`` stays None and
+    t is the number of tokens seen.
+    """
 
     k: torch.Tensor
     v: torch.Tensor
+    pos: torch.Tensor | None = None
+    seen: int = 0
+    cursor: int = 0
 
 
 @register_mixer("attention")
@@ -42,6 +55,10 @@ class AttentionMixer(Mixer):
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.rotary = Rotary(self.head_dim) if rotary else None
         self.dropout = dropout
+        # Set by kv_policies.set_cache_policy: the policy and (this layer's index, attention layers in the
+        # model), which per-layer policies such as LaCache need. None keeps every token.
+        self.cache_policy: KVCachePolicy | None = None
+        self.cache_layer = (0, 1)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, L, _ = t.shape
@@ -66,16 +83,38 @@ class AttentionMixer(Mixer):
         if not self.causal:
             raise NotImplementedError("step() needs a causal attention mixer")
         empty = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
-        return KVState(k=empty, v=empty.clone())
+        if self.cache_policy is None:
+            return KVState(k=empty, v=empty.clone())
+        return KVState(k=empty, v=empty.clone(), pos=torch.zeros(batch_size, 0, dtype=torch.long, device=device))
 
     def step(self, x_t: torch.Tensor, state: KVState) -> tuple[torch.Tensor, KVState]:
-        """x_t: [B, D] -> y_t: [B, D]; appends this token's key/value to the state."""
-        t = state.k.shape[2]
+        """x_t: [B, D] -> y_t: [B, D]; appends this token's key/value to the state (then lets the cache policy,
+        if any, evict entries down to its budget before the token attends)."""
+        # Once a policy has evicted, the cache length is no longer the position: the count of tokens is.
+        t = state.k.shape[2] if state.pos is None else state.seen
         x = x_t[:, None, :]
         q = self._heads(self.q_proj(x))
         k, v = (self._heads(u) for u in self.kv_proj(x).chunk(2, dim=-1))
         if self.rotary is not None:
             q, k = self.rotary(q, offset=t), self.rotary(k, offset=t)
-        state = KVState(k=torch.cat([state.k, k], dim=2), v=torch.cat([state.v, v], dim=2))
+        if self.cache_policy is None and state.pos is None:
+            state = KVState(k=torch.cat([state.k, k], dim=2), v=torch.cat([state.v, v], dim=2))
+        else:
+            state = self._evict(state, torch.cat([state.k, k], dim=2), torch.cat([state.v, v], dim=2), t)
         y = F.scaled_dot_product_attention(q, state.k, state.v)
         return self.out_proj(y.transpose(1, 2).reshape(x_t.shape[0], -1)), state
+
+    def _evict(self, state: KVState, k: torch.Tensor, v: torch.Tensor, t: int) -> KVState:
+        """k, v [B, H, n, P] hold the cache plus token t: track its position, and once n exceeds the policy's
+        budget keep only the entries the policy picks. Keys stay rotated at their original positions."""
+        B, n = k.shape[0], k.shape[2]
+        old = state.pos if state.pos is not None else torch.arange(t, device=k.device).expand(B, t)
+        pos = torch.cat([old, torch.full((B, 1), t, dtype=torch.long, device=k.device)], dim=1)
+        policy = self.cache_policy
+        if policy is None or policy.budget is None or n <= policy.budget:
+            return KVState(k=k, v=v, pos=pos, seen=t + 1, cursor=state.cursor)
+        layer, n_layers = self.cache_layer
+        # Every row of the batch has seen the same positions, so one selection serves them all.
+        keep, cursor = policy.keep(k, v, pos[0], layer=layer, n_layers=n_layers, cursor=state.cursor)
+        return KVState(k=k.index_select(2, keep), v=v.index_select(2, keep), pos=pos.index_select(1, keep),
+                       seen=t + 1, cursor=cursor)
