@@ -457,9 +457,10 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     """
     cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     sdt = _complex_of(cdt) if A.is_complex() else cdt  # dtype of the state
-    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
+    # cast before repeating to common groups, so the backward sums the copies' gradients in float32
+    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]).to(sdt) for t in (B, C)))
     D, z, delta_bias = (t.to(cdt) if t is not None else None for t in (D, z, delta_bias))
-    out, last_state = _SelectiveScanTorchFn.apply(u.to(cdt), delta.to(cdt), A.to(sdt), Bg.to(sdt), Cg.to(sdt),
+    out, last_state = _SelectiveScanTorchFn.apply(u.to(cdt), delta.to(cdt), A.to(sdt), Bg, Cg,
                                                   D, z, delta_bias, delta_softplus)
     out = out.to(u.dtype)
     return (out, last_state) if return_last_state else out
