@@ -105,6 +105,15 @@ def _step_size(delta, delta_bias, delta_softplus, dtype):
     return F.softplus(dt) if delta_softplus else dt
 
 
+def _groups(t: torch.Tensor) -> int:
+    """G of a grouped [B, G, N, L] tensor; 1 for [B, N, L]."""
+    return t.shape[1] if t.dim() == 4 else 1
+
+
+def _is_half(*ts: torch.Tensor) -> bool:
+    return any(t.dtype in (torch.float16, torch.bfloat16) for t in ts)
+
+
 def _common_groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """B and C as [B, G, N, L] with one G for both (their lcm when the two are grouped differently)."""
     B = B.unsqueeze(1) if B.dim() == 3 else B
@@ -743,7 +752,11 @@ def _selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
                            return_last_state=False):
     if A.is_complex():  # the kernels are real: complex A runs the torch path
         return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
+    Bt, Ct = (_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C))
+    if _groups(Bt) != _groups(Ct) and _is_half(Bt, Ct):
+        # the repeat's backward sums the copies' gradients in the dtype it repeats: make that float32
+        Bt, Ct = Bt.float(), Ct.float()
+    Bg, Cg = _common_groups(Bt, Ct)
     out, last_state = _SelectiveScanTritonFn.apply(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus)
     return (out, last_state) if return_last_state else out
 
