@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmseq.commands import DatasetMaker, load_model, positive_int, register_dataset
+from mmseq.commands import DatasetMaker, load_model, non_negative_int, positive_int, register_dataset
 from mmseq.errors import UserError
 
 SHIPPED_TOKENIZER = "ct_tokenizer"
@@ -143,17 +143,6 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
     return 2 if summary["failed"] else 0
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _cmd_detokenize(args: argparse.Namespace) -> int:
     if not Path(args.tokens).is_file():
         raise UserError(f"no such token file: {args.tokens}")
@@ -217,7 +206,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--accelerator", choices=("auto", "cpu", "gpu"),
                    help="where those processes encode: auto (GPUs if there are any, else the CPU), cpu or gpu; gpu "
                         "runs Lightning even with --devices 1 (default auto)")
-    g.add_argument("--num-workers", type=_non_negative_int, metavar="W",
+    g.add_argument("--num-workers", type=non_negative_int, metavar="W",
                    help="loader processes per device that read and resample the next volumes while one is encoded "
                         "(default 0: the device's own process)")
     t.set_defaults(func=_cmd_tokenize)
