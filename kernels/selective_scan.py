@@ -105,25 +105,23 @@ def _step_size(delta, delta_bias, delta_softplus, dtype):
     return F.softplus(dt) if delta_softplus else dt
 
 
-def _groups(t: torch.Tensor) -> int:
-    """G of a grouped [B, G, N, L] tensor; 1 for [B, N, L]."""
-    return t.shape[1] if t.dim() == 4 else 1
-
-
-def _is_half(*ts: torch.Tensor) -> bool:
-    return any(t.dtype in (torch.float16, torch.bfloat16) for t in ts)
-
-
 def _common_groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """B and C as [B, G, N, L] with one G for both (their lcm when the two are grouped differently)."""
+    """B and C as [B, G, N, L] with one G for both (their lcm when the two are grouped differently).
+
+    A half-precision tensor is repeated in float32: the repeat's backward sums the copies' gradients in the
+    dtype it repeats, and summed in fp16 they miss mamba_ssm's tolerances."""
     B = B.unsqueeze(1) if B.dim() == 3 else B
     C = C.unsqueeze(1) if C.dim() == 3 else C
     G = math.lcm(B.shape[1], C.shape[1])
     if B.shape[1] != G:
-        B = B.repeat_interleave(G // B.shape[1], dim=1)
+        B = _float32_if_half(B).repeat_interleave(G // B.shape[1], dim=1)
     if C.shape[1] != G:
-        C = C.repeat_interleave(G // C.shape[1], dim=1)
+        C = _float32_if_half(C).repeat_interleave(G // C.shape[1], dim=1)
     return B, C
+
+
+def _float32_if_half(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -466,10 +464,9 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     """
     cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     sdt = _complex_of(cdt) if A.is_complex() else cdt  # dtype of the state
-    # cast before repeating to common groups, so the backward sums the copies' gradients in float32
-    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]).to(sdt) for t in (B, C)))
+    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
     D, z, delta_bias = (t.to(cdt) if t is not None else None for t in (D, z, delta_bias))
-    out, last_state = _SelectiveScanTorchFn.apply(u.to(cdt), delta.to(cdt), A.to(sdt), Bg, Cg,
+    out, last_state = _SelectiveScanTorchFn.apply(u.to(cdt), delta.to(cdt), A.to(sdt), Bg.to(sdt), Cg.to(sdt),
                                                   D, z, delta_bias, delta_softplus)
     out = out.to(u.dtype)
     return (out, last_state) if return_last_state else out
@@ -752,11 +749,7 @@ def _selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
                            return_last_state=False):
     if A.is_complex():  # the kernels are real: complex A runs the torch path
         return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    Bt, Ct = (_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C))
-    if _groups(Bt) != _groups(Ct) and _is_half(Bt, Ct):
-        # the repeat's backward sums the copies' gradients in the dtype it repeats: make that float32
-        Bt, Ct = Bt.float(), Ct.float()
-    Bg, Cg = _common_groups(Bt, Ct)
+    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
     out, last_state = _SelectiveScanTritonFn.apply(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus)
     return (out, last_state) if return_last_state else out
 
