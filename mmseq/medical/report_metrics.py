@@ -30,7 +30,8 @@ import torch
 from .ctrate import ABNORMALITIES
 from .labeler import label_reports
 
-__all__ = ["clinical_scores", "crg_score", "label_scores", "nlg_scores", "tokenize"]
+__all__ = ["clinical_scores", "crg_score", "fit_thresholds", "label_head_scores", "label_scores", "nlg_scores",
+           "tokenize"]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[.'\-][a-z0-9]+)*")
 
@@ -98,6 +99,47 @@ def label_scores(predicted: torch.Tensor, reference: torch.Tensor) -> dict[str, 
         t, f_p, f_n = int(tp_c[i]), int(fp_c[i]), int(fn_c[i])
         out[_key(name)] = _ratio(2 * t, 2 * t + f_p + f_n, empty=1.0 if t + f_p + f_n == 0 else 0.0)
     return out
+
+
+def fit_thresholds(probs: torch.Tensor, labels: torch.Tensor, *, candidates: int = 49,
+                   rounds: int = 3) -> torch.Tensor:
+    """Per-label thresholds [L] that maximise micro-F1 of ``probs >= threshold`` against ``labels`` ([N, L]).
+
+    Coordinate ascent: each label's threshold in turn takes the best of ``candidates`` evenly spaced values in
+    (0, 1) with the others held, ``rounds`` sweeps; ties keep the lower threshold. Micro-F1 couples the labels
+    (a rare label's false positives cost every label's precision), hence the joint search.
+    """
+    p, y = torch.as_tensor(probs).double(), torch.as_tensor(labels).bool()
+    if p.dim() != 2 or p.shape != y.shape or p.shape[0] == 0:
+        raise ValueError(f"probs and labels must both be [N, L] with N >= 1, got {list(p.shape)} and "
+                         f"{list(y.shape)}")
+    grid = torch.linspace(0, 1, candidates + 2, dtype=torch.float64)[1:-1]
+    th = torch.full((p.shape[1],), 0.5, dtype=torch.float64)
+    yf = y.double()
+    for _ in range(rounds):
+        for j in range(p.shape[1]):
+            pred = (p >= th).double()
+            tp_rest = (pred * yf).sum() - (pred[:, j] * yf[:, j]).sum()
+            fp_rest = (pred * (1 - yf)).sum() - (pred[:, j] * (1 - yf[:, j])).sum()
+            pos = yf.sum()
+            cand = (p[:, j, None] >= grid).double()  # [N, C]
+            tp = tp_rest + (cand * yf[:, j, None]).sum(0)
+            fp = fp_rest + (cand * (1 - yf[:, j, None])).sum(0)
+            f1 = 2 * tp / (tp + fp + pos).clamp_min(1e-12)  # 2TP / (2TP + FP + FN), as 2TP + FN = TP + pos
+            th[j] = grid[int(torch.argmax(f1))]  # argmax returns the first (lowest) maximum
+    return th.float()
+
+
+def label_head_scores(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> dict[str, float]:
+    """A label head's micro precision/recall/F1 at ``thresholds`` and its macro AUROC over the labels that have
+    both classes (torchmetrics); probs and labels [N, 18]."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    p, y = torch.as_tensor(probs).float(), torch.as_tensor(labels).bool()
+    scores = label_scores(p >= thresholds.to(p), y)
+    aucs = [binary_auroc(p[:, j], y[:, j].long()) for j in range(y.shape[1]) if 0 < int(y[:, j].sum()) < len(y)]
+    return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
+            "auroc": float(torch.stack(aucs).mean()) if aucs else float("nan")}
 
 
 def _check_pairs(generated: Sequence[str], references: Sequence[str]) -> None:

@@ -22,8 +22,12 @@ from torch import nn
 from mmseq.mixers.blocks import MixerStack
 from mmseq.runner.pretrained import PretrainedMixin
 
+from .ctrate import ABNORMALITIES
+from .report_encoder import CodeEncoder, fit_codes
+
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS = 0, 1, 2
+ENCODERS = ("pool", "conv")
 
 
 def train_bpe(texts: Sequence[str], vocab_size: int = 1000, min_frequency: int = 2) -> str:
@@ -54,7 +58,9 @@ class ReportGenerator(PretrainedMixin, nn.Module):
 
     def __init__(self, tokenizer_json: str, *, token_bits: int = 18, d_model: int = 128, n_layers: int = 4,
                  mixer: dict | None = None, prefix_grid: Sequence[int] = (4, 4, 4), mlp_ratio: float = 2.0,
-                 dropout: float = 0.1, max_report_tokens: int = 256) -> None:
+                 dropout: float = 0.1, max_report_tokens: int = 256, encoder: str = "pool",
+                 code_grid: Sequence[int] | None = None, encoder_channels: int = 32,
+                 label_prompt: bool = False) -> None:
         super().__init__()
         from tokenizers import Tokenizer
 
@@ -63,12 +69,32 @@ class ReportGenerator(PretrainedMixin, nn.Module):
             raise ValueError(f"tokenizer_json must define the special tokens {SPECIALS} as ids 0..3 (use train_bpe)")
         if len(prefix_grid) != 3 or min(prefix_grid) < 1:
             raise ValueError(f"prefix_grid must be three positive sizes (d, h, w), got {list(prefix_grid)}")
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+        if encoder == "conv" and (code_grid is None or len(code_grid) != 3 or min(code_grid) < 1):
+            raise ValueError(f"the conv encoder needs code_grid: three positive sizes (d, h, w) the codes are "
+                             f"cropped or padded to, got {code_grid}")
+        if label_prompt and encoder != "conv":
+            raise ValueError("label_prompt needs the conv encoder (its head predicts the labels)")
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.prefix_grid = tuple(int(g) for g in prefix_grid)
-        self.n_prefix = self.prefix_grid[0] * self.prefix_grid[1] * self.prefix_grid[2]
+        self.encoder_name = encoder
+        self.code_grid = tuple(int(g) for g in code_grid) if code_grid is not None else None
+        self.label_prompt = label_prompt
+        self.n_grid = self.prefix_grid[0] * self.prefix_grid[1] * self.prefix_grid[2]
+        self.n_prefix = self.n_grid + (len(ABNORMALITIES) if label_prompt else 0)
         self.max_report_tokens = max_report_tokens
-        self.code_proj = nn.Linear(token_bits, d_model)
-        self.prefix_pos = nn.Parameter(torch.randn(self.n_prefix, d_model) * 0.02)
+        if encoder == "conv":
+            self.encoder = CodeEncoder(token_bits, d_model, self.prefix_grid, channels=encoder_channels,
+                                       n_labels=len(ABNORMALITIES))
+        else:
+            self.code_proj = nn.Linear(token_bits, d_model)
+        if label_prompt:
+            # one learned token per (abnormality, absent/present); thresholds on the head's probabilities are
+            # set from validation data after training and travel with the weights
+            self.label_tokens = nn.Parameter(torch.randn(len(ABNORMALITIES), 2, d_model) * 0.02)
+            self.register_buffer("label_thresholds", torch.full((len(ABNORMALITIES),), 0.5))
+        self.prefix_pos = nn.Parameter(torch.randn(self.n_grid, d_model) * 0.02)
         self.embed = nn.Embedding(self.vocab_size, d_model)
         self.trunk = MixerStack(d_model, n_layers, dict(mixer or {"name": "attention", "n_heads": 4}), causal=True,
                                 mlp_ratio=mlp_ratio, dropout=dropout)
@@ -93,20 +119,67 @@ class ReportGenerator(PretrainedMixin, nn.Module):
         return self.tokenizer.decode(out).strip()
 
     # -- training -------------------------------------------------------------------------------------------
-    def prefix(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, bits, d, h, w] -> prefix tokens [B, P, D]."""
-        pooled = pool_codes(codes, self.prefix_grid).flatten(2).transpose(1, 2)  # [B, P, bits]
-        return self.code_proj(pooled.to(self.code_proj.weight.dtype)) + self.prefix_pos
+    def prepare_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, bits, d, h, w] of any grid -> what the encoder reads: pooled to ``prefix_grid`` (pool
+        encoder) or cropped/padded to ``code_grid`` (conv encoder). Idempotent, so data sets may store it."""
+        if self.encoder_name == "conv":
+            return codes if tuple(codes.shape[-3:]) == self.code_grid else fit_codes(codes, self.code_grid)
+        return pool_codes(codes, self.prefix_grid)
 
-    def forward(self, codes: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def encode(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """codes [B, bits, d, h, w] -> (grid prefix tokens [B, P, D], label logits [B, 18] or None)."""
+        codes = self.prepare_codes(codes)
+        if self.encoder_name == "conv":
+            feats, label_logits = self.encoder(codes)
+            return feats + self.prefix_pos, label_logits
+        pooled = codes.flatten(2).transpose(1, 2)  # [B, P, bits]
+        return self.code_proj(pooled.to(self.code_proj.weight.dtype)) + self.prefix_pos, None
+
+    def predict_labels(self, codes: torch.Tensor) -> torch.Tensor:
+        """Probabilities [B, 18] of CT-RATE's abnormalities from the head (conv encoder only)."""
+        _, label_logits = self.encode(codes)
+        if label_logits is None:
+            raise ValueError("this report generator has no label head (encoder 'pool')")
+        return torch.sigmoid(label_logits.float())
+
+    def _prompt(self, label_logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The label prompt [B, 18, D]: the given labels [B, 18], else the head's thresholded predictions."""
+        if labels is None:
+            labels = torch.sigmoid(label_logits.float()) >= self.label_thresholds
+        idx = labels.long().clamp(0, 1)
+        return self.label_tokens[torch.arange(idx.shape[1], device=idx.device), idx]
+
+    def prefix(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [B, bits, d, h, w] -> prefix tokens [B, P (+ 18 with the label prompt), D]."""
+        grid, label_logits = self.encode(codes)
+        if not self.label_prompt:
+            return grid
+        return torch.cat([grid, self._prompt(label_logits, labels)], dim=1)
+
+    def forward_with_labels(self, codes: torch.Tensor, text: torch.Tensor, labels: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(text logits [B, T, V], label logits [B, 18] or None); ``labels`` [B, 18] fill the label prompt
+        (teacher forcing) when given, else the head's predictions do."""
+        grid, label_logits = self.encode(codes)
+        parts = [grid]
+        if self.label_prompt:
+            parts.append(self._prompt(label_logits, labels))
+        x = torch.cat([*parts, self.embed(text)], dim=1)
+        return self.head(self.trunk(x)[:, self.n_prefix:]), label_logits
+
+    def forward(self, codes: torch.Tensor, text: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at every text position [B, T, V]: position t predicts text[t + 1]."""
-        x = torch.cat([self.prefix(codes), self.embed(text)], dim=1)
-        return self.head(self.trunk(x)[:, self.n_prefix:])
+        return self.forward_with_labels(codes, text, labels)[0]
 
-    def loss(self, codes: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        logits = self(codes, text[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), text[:, 1:].reshape(-1),
+    def loss(self, codes: torch.Tensor, text: torch.Tensor, labels: torch.Tensor | None = None,
+             label_weight: float = 0.0) -> torch.Tensor:
+        """Report cross-entropy, plus ``label_weight`` x the head's binary cross-entropy when labels are given."""
+        logits, label_logits = self.forward_with_labels(codes, text[:, :-1], labels)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), text[:, 1:].reshape(-1),
                                ignore_index=PAD)
+        if label_weight and labels is not None and label_logits is not None:
+            loss = loss + label_weight * F.binary_cross_entropy_with_logits(label_logits.float(), labels.float())
+        return loss
 
     # -- decoding -------------------------------------------------------------------------------------------
     @torch.no_grad()

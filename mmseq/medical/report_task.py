@@ -46,6 +46,11 @@ class CTReportModelConfig:
     prefix_grid: list[int] = field(default_factory=lambda: [4, 4, 4])
     mlp_ratio: float = 2.0
     dropout: float = 0.1
+    encoder: str = "pool"  # pool: codes average-pooled to prefix_grid; conv: 3D convolutions + a label head
+    code_grid: list[int] | None = None  # conv encoder: the token grid codes are cropped or padded to
+    encoder_channels: int = 32
+    label_prompt: bool = False  # the head's labels as prompt tokens (true labels while training)
+    label_loss_weight: float = 1.0  # weight of the head's binary cross-entropy (conv encoder)
     beam_size: int = 1  # decoding for the generated-report metrics
     tokenizer_json: str | None = None  # filled from the training reports at the first build
 
@@ -100,54 +105,75 @@ class CTReportDataModule(SplitDataModule):
         return self._baseline
 
     def load_split(self, split: str) -> Dataset:
-        from .report_model import pool_codes
         from .tokens import CTTokens
 
         files, texts, labels = report_pairs(self.cfg.root, self.cfg.tokens, split)
         if not files:
             raise ConfigError(f"config key 'data.root': {self.cfg.root} has no volumes for the {split} split")
-        grid = self.model.prefix_grid
-        codes = torch.cat([pool_codes(CTTokens.load(f).codes()[None], grid) for f in files])
+        codes = torch.cat([self.model.prepare_codes(CTTokens.load(f).codes()[None]) for f in files])
         self.references[split] = texts
         ids = self.model.encode_text(texts, max_len=self.cfg.max_report_tokens)
         return _ReportSet(codes, ids, labels)
 
 
 class CTReportModule(TaskModule):
-    """Next-token cross-entropy on the report; at the end of validation and test, reports are generated for up
-    to ``num_generate`` volumes and scored: clinical precision/recall/F1 over the 18 abnormalities (labeler on
-    generated vs reference text), CRG, BLEU-1 and -4 and ROUGE-L, each beside the same figure for the most
-    common training report (``baseline_*``)."""
+    """Next-token cross-entropy on the report (plus the label head's binary cross-entropy for the conv
+    encoder); at the end of validation and test, reports are generated for up to ``num_generate`` volumes and
+    scored: clinical precision/recall/F1 over the 18 abnormalities (labeler on generated vs reference text),
+    CRG, BLEU-1 and -4 and ROUGE-L, each beside the same figure for the most common training report
+    (``baseline_*``). With a label head, its macro AUROC and micro-F1 are logged too, and at the end of each
+    validation its per-label thresholds are refitted to the validation set (they decide the label prompt at
+    test time), before that validation's reports are generated."""
 
-    def __init__(self, model, optim, max_steps: int, *, num_generate: int, beam_size: int) -> None:
+    def __init__(self, model, optim, max_steps: int, *, num_generate: int, beam_size: int,
+                 label_loss_weight: float = 1.0) -> None:
         super().__init__(model, optim, max_steps, metrics={}, prog_bar=())
-        self.num_generate, self.beam_size = num_generate, beam_size
-        self._generated: dict[str, list[tuple[int, str]]] = {"val": [], "test": []}
+        self.num_generate, self.beam_size, self.label_loss_weight = num_generate, beam_size, label_loss_weight
+        self._kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        self._probs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
 
     def forward_batch(self, batch, stage: str):
-        codes, text = batch[0], batch[1]
-        return self.model(codes, text[:, :-1])
+        codes, text, labels = batch[0], batch[1], batch[2]
+        # teacher forcing: the label prompt holds the true labels in training and in the validation loss
+        return self.model.forward_with_labels(codes, text[:, :-1], labels)
 
-    def loss(self, logits, batch) -> torch.Tensor:
+    def loss(self, outputs, batch) -> torch.Tensor:
+        logits, label_logits = outputs
         target = batch[1][:, 1:]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=0)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=0)
+        if label_logits is not None and self.label_loss_weight:
+            loss = loss + self.label_loss_weight * F.binary_cross_entropy_with_logits(
+                label_logits.float(), batch[2].float())
+        return loss
 
-    def update_metrics(self, metrics, logits, batch) -> None:
-        stage = "test" if self.trainer.testing else "val"
-        have = len(self._generated[stage])
-        if have >= self.num_generate or self.trainer.sanity_checking:
+    def update_metrics(self, metrics, outputs, batch) -> None:
+        if self.trainer.sanity_checking:
             return
-        take = min(self.num_generate - have, batch[0].shape[0])
-        reports = self.model.generate(batch[0][:take], beam_size=self.beam_size)
-        self._generated[stage] += list(zip(batch[3][:take].tolist(), reports))
+        stage = "test" if self.trainer.testing else "val"
+        if outputs[1] is not None:
+            self._probs[stage].append((torch.sigmoid(outputs[1].float()).cpu(), batch[2].cpu()))
+        have = sum(len(i) for _, i in self._kept[stage])
+        if have < self.num_generate:
+            take = min(self.num_generate - have, batch[0].shape[0])
+            self._kept[stage].append((batch[0][:take], batch[3][:take]))
 
     def _end_stage(self, stage: str) -> None:
         super()._end_stage(stage)
-        generated, self._generated[stage] = self._generated[stage], []
-        if not generated:
-            return
-        from .report_metrics import clinical_scores, nlg_scores
+        kept, self._kept[stage] = self._kept[stage], []
+        probs, self._probs[stage] = self._probs[stage], []
+        from .report_metrics import clinical_scores, fit_thresholds, label_head_scores, nlg_scores
 
+        if probs:
+            p, y = torch.cat([a for a, _ in probs]), torch.cat([b for _, b in probs])
+            if stage == "val" and self.model.label_prompt:
+                self.model.label_thresholds.copy_(fit_thresholds(p, y).to(self.model.label_thresholds))
+            thresholds = getattr(self.model, "label_thresholds", torch.full((p.shape[1],), 0.5)).cpu()
+            for name, value in label_head_scores(p, y, thresholds).items():
+                self.log(f"{stage}/label_{name}", value)
+        if not kept:
+            return
+        generated = [(int(i), text) for codes, ids in kept
+                     for i, text in zip(ids, self.model.generate(codes, beam_size=self.beam_size))]
         split = "test" if stage == "test" else "val"
         refs = self.trainer.datamodule.references[split]
         hyps = [text for _, text in generated]
@@ -178,6 +204,15 @@ class CTReportTask(Task):
         if len(self.cfg.model.prefix_grid) != 3 or min(self.cfg.model.prefix_grid) < 1:
             raise ConfigError(f"config key 'model.prefix_grid': three positive sizes, got "
                               f"{list(self.cfg.model.prefix_grid)}")
+        m = self.cfg.model
+        if m.encoder not in ("pool", "conv"):
+            raise ConfigError(f"config key 'model.encoder': pool or conv, got {m.encoder!r}")
+        if m.encoder == "conv" and (not m.code_grid or len(m.code_grid) != 3 or min(m.code_grid) < 1):
+            raise ConfigError(f"config key 'model.code_grid': the conv encoder needs three positive sizes "
+                              f"(d, h, w), got {m.code_grid}")
+        if m.label_prompt and m.encoder != "conv":
+            raise ConfigError("config key 'model.label_prompt': needs model.encoder: conv (its head predicts "
+                              "the labels)")
 
     def _token_bits(self) -> int:
         from .tokens import CTTokens
@@ -198,7 +233,9 @@ class CTReportTask(Task):
             tokenizer_json = train_bpe(texts, vocab_size=d.bpe_vocab_size)
         return ReportGenerator(tokenizer_json, token_bits=self._token_bits(), d_model=m.d_model,
                                n_layers=m.n_layers, mixer=to_dict(m.mixer), prefix_grid=list(m.prefix_grid),
-                               mlp_ratio=m.mlp_ratio, dropout=m.dropout, max_report_tokens=d.max_report_tokens)
+                               mlp_ratio=m.mlp_ratio, dropout=m.dropout, max_report_tokens=d.max_report_tokens,
+                               encoder=m.encoder, code_grid=list(m.code_grid) if m.code_grid else None,
+                               encoder_channels=m.encoder_channels, label_prompt=m.label_prompt)
 
     def build_datamodule(self) -> CTReportDataModule:
         # The reports are encoded with the model's own BPE, so the runner builds the module (with the model)
@@ -211,4 +248,5 @@ class CTReportTask(Task):
     def build_module(self, model) -> CTReportModule:
         self._model = model
         return CTReportModule(model, self.cfg.optim, self.cfg.trainer.max_steps,
-                              num_generate=self.cfg.data.num_generate, beam_size=self.cfg.model.beam_size)
+                              num_generate=self.cfg.data.num_generate, beam_size=self.cfg.model.beam_size,
+                              label_loss_weight=self.cfg.model.label_loss_weight)

@@ -1,0 +1,159 @@
+"""The conv encoder, label head and label prompt of the report generator, and the threshold fit they use."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from mmseq.medical.report_encoder import fit_codes
+from mmseq.medical.report_metrics import fit_thresholds, label_head_scores, label_scores
+from mmseq.medical.report_model import ReportGenerator, train_bpe
+
+TEXTS = ["No pleural effusion. Heart size is normal.", "Small left pleural effusion. Mild cardiomegaly.",
+         "A 6 mm nodule in the right upper lobe. No consolidation.", "Emphysema in both upper lobes."] * 5
+
+
+@pytest.fixture(scope="module")
+def bpe() -> str:
+    return train_bpe(TEXTS, vocab_size=180, min_frequency=1)
+
+
+def _model(bpe: str, *, label_prompt: bool = True, mixer: dict | None = None, seed: int = 0) -> ReportGenerator:
+    torch.manual_seed(seed)
+    return ReportGenerator(bpe, token_bits=6, d_model=32, n_layers=2, mixer=mixer or {"name": "attention",
+                           "n_heads": 2}, prefix_grid=(1, 2, 2), dropout=0.0, max_report_tokens=24,
+                           encoder="conv", code_grid=(4, 6, 6), encoder_channels=8,
+                           label_prompt=label_prompt).eval()
+
+
+def _codes(b: int, shape=(3, 5, 7), seed: int = 1) -> torch.Tensor:
+    return torch.randn(b, 6, *shape, generator=torch.Generator().manual_seed(seed)).sign()
+
+
+def test_fit_codes_crops_centres_and_pads_with_zeros():
+    codes = torch.arange(2 * 1 * 5 * 3 * 4, dtype=torch.float32).reshape(2, 1, 5, 3, 4) + 1
+    out = fit_codes(codes, (3, 5, 2))
+    assert out.shape == (2, 1, 3, 5, 2)
+    # depth 5 -> 3: rows 1..3; height 3 -> 5: one zero row each side; width 4 -> 2: columns 1..2
+    torch.testing.assert_close(out[:, :, :, 1:4], codes[:, :, 1:4, :, 1:3])
+    assert (out[:, :, :, 0] == 0).all() and (out[:, :, :, 4] == 0).all()
+    assert fit_codes(out, (3, 5, 2)).equal(out)
+
+
+def _best_micro_f1_by_brute_force(p: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> float:
+    best = 0.0
+    for th in itertools.product(grid.tolist(), repeat=p.shape[1]):
+        best = max(best, label_scores_f1(p >= torch.tensor(th), y))
+    return best
+
+
+def label_scores_f1(pred: torch.Tensor, y: torch.Tensor) -> float:
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+def test_fit_thresholds_reaches_the_brute_force_optimum_on_small_cases():
+    g = torch.Generator().manual_seed(0)
+    grid = torch.linspace(0, 1, 7)[1:-1]
+    for trial in range(6):
+        y = torch.rand(12, 3, generator=g) < 0.4
+        p = (y.float() * 0.3 + torch.rand(12, 3, generator=g) * 0.7)
+        th = fit_thresholds(p, y, candidates=5, rounds=4)
+        got = label_scores_f1(p >= th, y)
+        # coordinate ascent may stop at a local optimum; on these sizes it must reach the joint optimum or
+        # come within one flipped slot of it, and never fall below the best single shared threshold
+        best = _best_micro_f1_by_brute_force(p, y, grid)
+        shared = max(label_scores_f1(p >= t, y) for t in grid.tolist())
+        assert got >= shared - 1e-9
+        assert got >= best - 0.1, (trial, got, best)
+    # a separable label gets a threshold that separates it
+    y = torch.tensor([[True], [False], [True], [False]])
+    p = torch.tensor([[0.9], [0.2], [0.7], [0.4]])
+    th = fit_thresholds(p, y)
+    assert 0.4 < float(th[0]) <= 0.7
+
+
+def test_label_head_scores_against_hand_counts():
+    p = torch.tensor([[0.9] + [0.1] * 17, [0.6] + [0.8] + [0.0] * 16])
+    y = torch.zeros(2, 18, dtype=torch.bool)
+    y[0, 0] = y[1, 1] = True
+    s = label_head_scores(p, y, torch.full((18,), 0.7))
+    # predicted positive: (0, 0) and (1, 1): both right
+    assert s["precision"] == 1.0 and s["recall"] == 1.0 and s["f1"] == 1.0
+    s = label_head_scores(p, y, torch.full((18,), 0.5))  # adds (1, 0): a false positive
+    assert s["precision"] == pytest.approx(2 / 3) and s["f1"] == pytest.approx(0.8)
+    assert s["auroc"] == pytest.approx(1.0)  # labels 0 and 1 each rank their positive first
+    assert label_scores(p >= 0.5, y)["f1"] == pytest.approx(s["f1"])
+
+
+def test_codes_of_any_grid_give_the_same_prefix_as_their_fitted_form(bpe):
+    model = _model(bpe)
+    codes = _codes(2)
+    text = model.encode_text(TEXTS[:2])
+    torch.testing.assert_close(model(codes, text), model(model.prepare_codes(codes), text))
+    assert model.prefix(codes).shape == (2, 4 + 18, 32)
+
+
+def test_label_prompt_follows_given_labels_else_the_thresholded_head(bpe):
+    model = _model(bpe)
+    codes, text = _codes(2), model.encode_text(TEXTS[:2])
+    probs = model.predict_labels(codes)
+    assert probs.shape == (2, 18) and ((probs > 0) & (probs < 1)).all()
+    predicted = probs >= model.label_thresholds
+    torch.testing.assert_close(model(codes, text), model(codes, text, predicted))
+    flipped = predicted.clone()
+    flipped[:, 3] = ~flipped[:, 3]
+    assert not torch.allclose(model(codes, text, flipped), model(codes, text))
+    # moving the thresholds moves the prompt the same way
+    model.label_thresholds.fill_(1.1)
+    torch.testing.assert_close(model(codes, text), model(codes, text, torch.zeros(2, 18, dtype=torch.bool)))
+
+
+def test_loss_adds_the_weighted_head_bce(bpe):
+    model = _model(bpe)
+    codes, text = _codes(2), model.encode_text(TEXTS[:2])
+    labels = torch.zeros(2, 18, dtype=torch.bool)
+    labels[0, 2] = True
+    base = model.loss(codes, text, labels)
+    _, logits = model.forward_with_labels(codes, text[:, :-1], labels)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+    torch.testing.assert_close(model.loss(codes, text, labels, label_weight=0.5), base + 0.5 * bce)
+
+
+def test_generation_with_the_label_prompt_matches_a_full_forward(bpe):
+    from mmseq.medical.report_model import BOS, EOS
+
+    model = _model(bpe, mixer={"name": "mamba", "d_state": 4})
+    codes = _codes(1)
+    tokens = [BOS]
+    for _ in range(24):
+        nxt = int(model(codes, torch.tensor([tokens]))[0, -1].argmax())
+        tokens.append(nxt)
+        if nxt == EOS:
+            break
+    assert model.generate(codes, max_new_tokens=24) == [model.decode_text(tokens[1:])]
+
+
+def test_export_keeps_encoder_head_and_thresholds(bpe, tmp_path):
+    model = _model(bpe)
+    model.label_thresholds.copy_(torch.linspace(0.1, 0.9, 18))
+    model.save_pretrained(tmp_path / "m")
+    loaded = ReportGenerator.from_pretrained(tmp_path / "m")
+    codes, text = _codes(2), model.encode_text(TEXTS[:2])
+    torch.testing.assert_close(loaded.label_thresholds, model.label_thresholds)
+    torch.testing.assert_close(loaded(codes, text), model(codes, text), rtol=0, atol=0)
+
+
+def test_bad_encoder_arguments_are_clear(bpe):
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        ReportGenerator(bpe, encoder="resnet")
+    with pytest.raises(ValueError, match="code_grid"):
+        ReportGenerator(bpe, encoder="conv")
+    with pytest.raises(ValueError, match="label_prompt needs the conv encoder"):
+        ReportGenerator(bpe, label_prompt=True)
+    with pytest.raises(ValueError, match="no label head"):
+        ReportGenerator(bpe, token_bits=6, prefix_grid=(1, 1, 1)).predict_labels(_codes(1))
