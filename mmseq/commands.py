@@ -83,3 +83,15 @@ def load_model(cls, checkpoint: str | Path | None, shipped: str, what: str):
     if checkpoint is None and not path.is_dir():
         raise UserError(f"no {what} ships with this installation; pass --checkpoint RUN_OR_MODEL_DIR")
     return cls.from_pretrained(path)
+
+
+def verb_group(subparsers: argparse._SubParsersAction, verb: str, help: str,
+               description: str) -> argparse._SubParsersAction:
+    """The sub-verbs of ``mmseq VERB``, a verb that several domains may fill (``mmseq bench longcontext``):
+    the first domain to ask adds the verb, the others get its sub-verbs back."""
+    parser = subparsers.choices.get(verb)
+    if parser is None:
+        parser = subparsers.add_parser(verb, help=help, description=description)
+        parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+        parser.set_defaults(_sub_verbs=parser.add_subparsers(dest=f"{verb}_verb", metavar="NAME"))
+    return parser.get_default("_sub_verbs")

@@ -1,4 +1,5 @@
-"""Command-line pieces of the long-context suite: ``mmseq data make`` for its tasks and the DNA genome.
+"""Command-line pieces of the long-context suite: ``mmseq data make`` for its tasks and the DNA genome, and
+``mmseq bench longcontext`` (mmseq/synthetic/longcontext_bench.py).
 
 ``joint-recall``, ``copy``, ``selective-copy`` and ``maze`` write train/val/test safetensors splits that a
 config's ``data.root`` reads (as ``mqar`` does); ``dna-genome`` writes a synthetic genome as gzipped FASTA
@@ -10,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmseq.commands import DatasetMaker, positive_int, register_dataset
+from mmseq.commands import DatasetMaker, positive_int, register_dataset, verb_group
 
+from . import longcontext_bench
 from .cli import _RecallSet
 
 
@@ -79,4 +81,7 @@ class DNAGenomeSet(DatasetMaker):
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """The suite has data sets but no verbs of its own."""
+    """``mmseq bench longcontext``: the suite's mixer x task x length grid."""
+    bench = verb_group(subparsers, "bench", help="benchmarks that train and score models",
+                       description="Benchmarks that train and score models through the runner.")
+    longcontext_bench.add_command(bench)
