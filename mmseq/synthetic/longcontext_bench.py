@@ -234,6 +234,8 @@ def _positive(text: str | int, option: str) -> int:
 
 def spec_from_args(args: argparse.Namespace) -> GridSpec:
     """Check the command line (names, numbers, budget) and return the grid it asks for."""
+    import torch
+
     from mmseq.mixers import list_mixers
 
     mixers = _names(args.mixers, "--mixers")
@@ -248,8 +250,6 @@ def spec_from_args(args: argparse.Namespace) -> GridSpec:
     if (args.steps is None) == (args.tokens is None):
         raise UserError("give the training budget of each cell as either --steps N or --tokens N"
                         + (", not both" if args.steps is not None else ""))
-    import torch
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device must be cpu or cuda, got {device!r}")
