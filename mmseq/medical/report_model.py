@@ -23,11 +23,11 @@ from mmseq.mixers.blocks import MixerStack
 from mmseq.runner.pretrained import PretrainedMixin
 
 from .ctrate import ABNORMALITIES
-from .report_encoder import CodeEncoder, fit_codes
+from .report_encoder import CodeBagEncoder, code_histograms
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS = 0, 1, 2
-ENCODERS = ("pool", "conv")
+ENCODERS = ("pool", "bag")
 
 
 def train_bpe(texts: Sequence[str], vocab_size: int = 1000, min_frequency: int = 2) -> str:
@@ -59,7 +59,6 @@ class ReportGenerator(PretrainedMixin, nn.Module):
     def __init__(self, tokenizer_json: str, *, token_bits: int = 18, d_model: int = 128, n_layers: int = 4,
                  mixer: dict | None = None, prefix_grid: Sequence[int] = (4, 4, 4), mlp_ratio: float = 2.0,
                  dropout: float = 0.1, max_report_tokens: int = 256, encoder: str = "pool",
-                 code_grid: Sequence[int] | None = None, encoder_channels: int = 32,
                  label_prompt: bool = False) -> None:
         super().__init__()
         from tokenizers import Tokenizer
@@ -71,22 +70,18 @@ class ReportGenerator(PretrainedMixin, nn.Module):
             raise ValueError(f"prefix_grid must be three positive sizes (d, h, w), got {list(prefix_grid)}")
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
-        if encoder == "conv" and (code_grid is None or len(code_grid) != 3 or min(code_grid) < 1):
-            raise ValueError(f"the conv encoder needs code_grid: three positive sizes (d, h, w) the codes are "
-                             f"cropped or padded to, got {code_grid}")
-        if label_prompt and encoder != "conv":
-            raise ValueError("label_prompt needs the conv encoder (its head predicts the labels)")
+        if label_prompt and encoder != "bag":
+            raise ValueError("label_prompt needs the bag encoder (its head predicts the labels)")
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.prefix_grid = tuple(int(g) for g in prefix_grid)
         self.encoder_name = encoder
-        self.code_grid = tuple(int(g) for g in code_grid) if code_grid is not None else None
         self.label_prompt = label_prompt
         self.n_grid = self.prefix_grid[0] * self.prefix_grid[1] * self.prefix_grid[2]
         self.n_prefix = self.n_grid + (len(ABNORMALITIES) if label_prompt else 0)
         self.max_report_tokens = max_report_tokens
-        if encoder == "conv":
-            self.encoder = CodeEncoder(token_bits, d_model, self.prefix_grid, channels=encoder_channels,
-                                       n_labels=len(ABNORMALITIES))
+        if encoder == "bag":
+            self.encoder = CodeBagEncoder(token_bits, d_model, self.n_grid, n_labels=len(ABNORMALITIES),
+                                          dropout=dropout)
         else:
             self.code_proj = nn.Linear(token_bits, d_model)
         if label_prompt:
@@ -120,23 +115,24 @@ class ReportGenerator(PretrainedMixin, nn.Module):
 
     # -- training -------------------------------------------------------------------------------------------
     def prepare_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, bits, d, h, w] of any grid -> what the encoder reads: pooled to ``prefix_grid`` (pool
-        encoder) or cropped/padded to ``code_grid`` (conv encoder). Idempotent, so data sets may store it."""
-        if self.encoder_name == "conv":
-            return codes if tuple(codes.shape[-3:]) == self.code_grid else fit_codes(codes, self.code_grid)
+        """codes [B, bits, d, h, w] of any grid -> what the encoder reads: codes average-pooled to
+        ``prefix_grid`` (pool encoder), or the code histograms of its cells [B, P, 2**bits] (bag encoder).
+        Idempotent, so data sets may store the result."""
+        if self.encoder_name == "bag":
+            return codes if codes.dim() == 3 else code_histograms(codes, self.prefix_grid)
         return pool_codes(codes, self.prefix_grid)
 
     def encode(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """codes [B, bits, d, h, w] -> (grid prefix tokens [B, P, D], label logits [B, 18] or None)."""
         codes = self.prepare_codes(codes)
-        if self.encoder_name == "conv":
+        if self.encoder_name == "bag":
             feats, label_logits = self.encoder(codes)
             return feats + self.prefix_pos, label_logits
         pooled = codes.flatten(2).transpose(1, 2)  # [B, P, bits]
         return self.code_proj(pooled.to(self.code_proj.weight.dtype)) + self.prefix_pos, None
 
     def predict_labels(self, codes: torch.Tensor) -> torch.Tensor:
-        """Probabilities [B, 18] of CT-RATE's abnormalities from the head (conv encoder only)."""
+        """Probabilities [B, 18] of CT-RATE's abnormalities from the head (bag encoder only)."""
         _, label_logits = self.encode(codes)
         if label_logits is None:
             raise ValueError("this report generator has no label head (encoder 'pool')")

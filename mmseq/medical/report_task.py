@@ -46,11 +46,9 @@ class CTReportModelConfig:
     prefix_grid: list[int] = field(default_factory=lambda: [4, 4, 4])
     mlp_ratio: float = 2.0
     dropout: float = 0.1
-    encoder: str = "pool"  # pool: codes average-pooled to prefix_grid; conv: 3D convolutions + a label head
-    code_grid: list[int] | None = None  # conv encoder: the token grid codes are cropped or padded to
-    encoder_channels: int = 32
+    encoder: str = "pool"  # pool: codes average-pooled per prefix_grid cell; bag: code histograms + label head
     label_prompt: bool = False  # the head's labels as prompt tokens (true labels while training)
-    label_loss_weight: float = 1.0  # weight of the head's binary cross-entropy (conv encoder)
+    label_loss_weight: float = 1.0  # weight of the head's binary cross-entropy (bag encoder)
     beam_size: int = 1  # decoding for the generated-report metrics
     tokenizer_json: str | None = None  # filled from the training reports at the first build
 
@@ -117,7 +115,7 @@ class CTReportDataModule(SplitDataModule):
 
 
 class CTReportModule(TaskModule):
-    """Next-token cross-entropy on the report (plus the label head's binary cross-entropy for the conv
+    """Next-token cross-entropy on the report (plus the label head's binary cross-entropy for the bag
     encoder); at the end of validation and test, reports are generated for up to ``num_generate`` volumes and
     scored: clinical precision/recall/F1 over the 18 abnormalities (labeler on generated vs reference text),
     CRG, BLEU-1 and -4 and ROUGE-L, each beside the same figure for the most common training report
@@ -205,13 +203,10 @@ class CTReportTask(Task):
             raise ConfigError(f"config key 'model.prefix_grid': three positive sizes, got "
                               f"{list(self.cfg.model.prefix_grid)}")
         m = self.cfg.model
-        if m.encoder not in ("pool", "conv"):
-            raise ConfigError(f"config key 'model.encoder': pool or conv, got {m.encoder!r}")
-        if m.encoder == "conv" and (not m.code_grid or len(m.code_grid) != 3 or min(m.code_grid) < 1):
-            raise ConfigError(f"config key 'model.code_grid': the conv encoder needs three positive sizes "
-                              f"(d, h, w), got {m.code_grid}")
-        if m.label_prompt and m.encoder != "conv":
-            raise ConfigError("config key 'model.label_prompt': needs model.encoder: conv (its head predicts "
+        if m.encoder not in ("pool", "bag"):
+            raise ConfigError(f"config key 'model.encoder': pool or bag, got {m.encoder!r}")
+        if m.label_prompt and m.encoder != "bag":
+            raise ConfigError("config key 'model.label_prompt': needs model.encoder: bag (its head predicts "
                               "the labels)")
 
     def _token_bits(self) -> int:
@@ -234,8 +229,7 @@ class CTReportTask(Task):
         return ReportGenerator(tokenizer_json, token_bits=self._token_bits(), d_model=m.d_model,
                                n_layers=m.n_layers, mixer=to_dict(m.mixer), prefix_grid=list(m.prefix_grid),
                                mlp_ratio=m.mlp_ratio, dropout=m.dropout, max_report_tokens=d.max_report_tokens,
-                               encoder=m.encoder, code_grid=list(m.code_grid) if m.code_grid else None,
-                               encoder_channels=m.encoder_channels, label_prompt=m.label_prompt)
+                               encoder=m.encoder, label_prompt=m.label_prompt)
 
     def build_datamodule(self) -> CTReportDataModule:
         # The reports are encoded with the model's own BPE, so the runner builds the module (with the model)

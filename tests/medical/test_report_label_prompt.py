@@ -1,4 +1,4 @@
-"""The conv encoder, label head and label prompt of the report generator, and the threshold fit they use."""
+"""The code-histogram encoder, label head and label prompt of the report generator, and their threshold fit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from mmseq.medical.report_encoder import fit_codes
+from mmseq.medical.report_encoder import code_histograms
 from mmseq.medical.report_metrics import fit_thresholds, label_head_scores, label_scores
 from mmseq.medical.report_model import ReportGenerator, train_bpe
 
@@ -24,22 +24,34 @@ def _model(bpe: str, *, label_prompt: bool = True, mixer: dict | None = None, se
     torch.manual_seed(seed)
     return ReportGenerator(bpe, token_bits=6, d_model=32, n_layers=2, mixer=mixer or {"name": "attention",
                            "n_heads": 2}, prefix_grid=(1, 2, 2), dropout=0.0, max_report_tokens=24,
-                           encoder="conv", code_grid=(4, 6, 6), encoder_channels=8,
-                           label_prompt=label_prompt).eval()
+                           encoder="bag", label_prompt=label_prompt).eval()
 
 
 def _codes(b: int, shape=(3, 5, 7), seed: int = 1) -> torch.Tensor:
     return torch.randn(b, 6, *shape, generator=torch.Generator().manual_seed(seed)).sign()
 
 
-def test_fit_codes_crops_centres_and_pads_with_zeros():
-    codes = torch.arange(2 * 1 * 5 * 3 * 4, dtype=torch.float32).reshape(2, 1, 5, 3, 4) + 1
-    out = fit_codes(codes, (3, 5, 2))
-    assert out.shape == (2, 1, 3, 5, 2)
-    # depth 5 -> 3: rows 1..3; height 3 -> 5: one zero row each side; width 4 -> 2: columns 1..2
-    torch.testing.assert_close(out[:, :, :, 1:4], codes[:, :, 1:4, :, 1:3])
-    assert (out[:, :, :, 0] == 0).all() and (out[:, :, :, 4] == 0).all()
-    assert fit_codes(out, (3, 5, 2)).equal(out)
+def test_code_histograms_against_a_loop():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(2, 3, 5, 3, 4, generator=g).sign()
+    hist = code_histograms(codes, (2, 2, 3))
+    assert hist.shape == (2, 12, 8)
+    want = torch.zeros(2, 12, 8, dtype=torch.float64)
+    for b in range(2):
+        for i in range(5):
+            for j in range(3):
+                for k in range(4):
+                    bits = (codes[b, :, i, j, k] > 0).long().tolist()
+                    code = bits[0] * 4 + bits[1] * 2 + bits[2]  # channel 0 is the most significant bit
+                    cell = ((i * 2 // 5) * 2 + (j * 2 // 3)) * 3 + (k * 3 // 4)
+                    want[b, cell, code] += 1
+    want /= want.sum(-1, keepdim=True)
+    torch.testing.assert_close(hist.double(), want)
+    # a cell that gets no position (an axis shorter than its cell count) is an all-zero row
+    short = code_histograms(codes[:, :, :1], (2, 1, 1))
+    assert (short[:, 1] == 0).all() and torch.allclose(short[:, 0].sum(-1), torch.ones(2))
+    with pytest.raises(ValueError, match="at most 14 bits"):
+        code_histograms(torch.ones(1, 15, 1, 1, 1), (1, 1, 1))
 
 
 def _best_micro_f1_by_brute_force(p: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> float:
@@ -96,6 +108,11 @@ def test_codes_of_any_grid_give_the_same_prefix_as_their_fitted_form(bpe):
     text = model.encode_text(TEXTS[:2])
     torch.testing.assert_close(model(codes, text), model(model.prepare_codes(codes), text))
     assert model.prefix(codes).shape == (2, 4 + 18, 32)
+    # frequencies, not counts: the same volume on a grid twice as fine reads the same
+    even = _codes(2, shape=(2, 4, 6))
+    fine = even.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    torch.testing.assert_close(model.prepare_codes(fine), model.prepare_codes(even))
+    torch.testing.assert_close(model(fine, text), model(even, text))
 
 
 def test_label_prompt_follows_given_labels_else_the_thresholded_head(bpe):
@@ -151,9 +168,9 @@ def test_export_keeps_encoder_head_and_thresholds(bpe, tmp_path):
 def test_bad_encoder_arguments_are_clear(bpe):
     with pytest.raises(ValueError, match="encoder must be one of"):
         ReportGenerator(bpe, encoder="resnet")
-    with pytest.raises(ValueError, match="code_grid"):
-        ReportGenerator(bpe, encoder="conv")
-    with pytest.raises(ValueError, match="label_prompt needs the conv encoder"):
+    with pytest.raises(ValueError, match="label_prompt needs the bag encoder"):
         ReportGenerator(bpe, label_prompt=True)
     with pytest.raises(ValueError, match="no label head"):
         ReportGenerator(bpe, token_bits=6, prefix_grid=(1, 1, 1)).predict_labels(_codes(1))
+    with pytest.raises(ValueError, match="at most 14 bits"):
+        ReportGenerator(bpe, token_bits=18, encoder="bag")
