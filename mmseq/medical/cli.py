@@ -174,10 +174,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
         else:
             tokens = tokenize_volume(load_tokenizer(args.tokenizer), _single_source(source, args).load(),
                                      source=source.name)
-        report = reporter.generate(tokens.codes()[None], beam_size=args.beam)[0]
+        codes = tokens.codes()[None]
+        report = reporter.generate(codes, beam_size=args.beam)[0]
+        probs = None
+        if getattr(reporter, "label_prompt", False):
+            import torch
+
+            from .ctrate import ABNORMALITIES
+
+            with torch.no_grad():
+                p = reporter.eval().predict_labels(codes)[0].tolist()
+            probs = {name: round(v, 4) for name, v in zip(ABNORMALITIES, p)}
     findings = sorted(name for name, present in label_report(report).items() if present)
     if args.json:
-        print(json.dumps({"input": str(source), "report": report, "findings": findings}, indent=2))
+        out = {"input": str(source), "report": report, "findings": findings}
+        if probs is not None:  # the label head's probabilities, which prompted the report
+            out["probabilities"] = probs
+        print(json.dumps(out, indent=2))
     else:
         print(report)
     return 0

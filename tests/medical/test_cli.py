@@ -136,6 +136,28 @@ def test_report_ct_writes_a_report_with_findings(phantoms, tokenizer_dir, tmp_pa
     assert set(out) == {"input", "report", "findings"} and isinstance(out["report"], str)
 
 
+def test_report_ct_json_gives_the_label_heads_probabilities(phantoms, tokenizer_dir, tmp_path, capsys):
+    from mmseq.medical.ctrate import ABNORMALITIES
+    from mmseq.medical.tokens import CTTokens
+
+    texts = [CTRate(phantoms, "train").report(i) for i in range(3)]
+    torch.manual_seed(0)
+    reporter = ReportGenerator(train_bpe(texts, vocab_size=300, min_frequency=1), token_bits=6, d_model=16,
+                               n_layers=1, mixer={"name": "attention", "n_heads": 2}, prefix_grid=(1, 2, 2),
+                               max_report_tokens=12, encoder="bag", label_prompt=True)
+    reporter.save_pretrained(tmp_path / "reporter")
+    item = _first_volume(phantoms)
+    tokens = tmp_path / "t.safetensors"
+    assert main(["tokenize-ct", str(item["path"]), "-o", str(tokens), "--checkpoint", str(tokenizer_dir),
+                 "--intercept", str(item["intercept"]), "--slope", "1"]) == 0
+    capsys.readouterr()
+    assert main(["report-ct", str(tokens), "--checkpoint", str(tmp_path / "reporter"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["probabilities"]) == list(ABNORMALITIES)
+    want = reporter.eval().predict_labels(CTTokens.load(tokens).codes()[None])[0]
+    assert [round(float(v), 4) for v in want] == list(out["probabilities"].values())
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["tokenize-ct", "nosuch.nii.gz", "-o", "x.safetensors"], "no such file or folder"),
     (["detokenize-ct", "nosuch.safetensors", "-o", "x.nii.gz"], "no such token file"),
