@@ -192,8 +192,16 @@ class CTReportTask(Task):
 
     data_config = CTReportDataConfig
     model_config = CTReportModelConfig
-    monitor = "val/loss"
-    monitor_mode = "min"
+
+    # With a label prompt the teacher-forced loss (true labels in the prompt) says little about the reports
+    # written from the head's labels, so the best checkpoint is the one whose reports score best.
+    @property
+    def monitor(self) -> str:
+        return "val/f1" if self.cfg.model.label_prompt else "val/loss"
+
+    @property
+    def monitor_mode(self) -> str:
+        return "max" if self.cfg.model.label_prompt else "min"
 
     def check(self) -> None:
         from mmseq.mixers import validate_mixer_config

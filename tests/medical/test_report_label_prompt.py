@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+import yaml
 
 from mmseq.medical.report_encoder import code_histograms
 from mmseq.medical.report_metrics import fit_thresholds, label_head_scores, label_scores
@@ -174,3 +175,38 @@ def test_bad_encoder_arguments_are_clear(bpe):
         ReportGenerator(bpe, token_bits=6, prefix_grid=(1, 1, 1)).predict_labels(_codes(1))
     with pytest.raises(ValueError, match="at most 14 bits"):
         ReportGenerator(bpe, token_bits=18, encoder="bag")
+
+
+def test_ct_report_task_fits_thresholds_on_validation_and_exports_them(ct_phantoms, tmp_path):
+    """A few steps of the ct-report task with the label prompt: the exported thresholds are those that
+    ``fit_thresholds`` gives for the exported model's own validation probabilities (recomputed here), and
+    the best checkpoint is picked by the reports' clinical F1."""
+    from mmseq.medical.cli import _ctrate_sources
+    from mmseq.medical.report_task import report_pairs
+    from mmseq.medical.tokenizer import CTTokenizer
+    from mmseq.medical.tokens import CTTokens, tokenize_many
+    from mmseq.runner.train import train
+
+    root, _ = ct_phantoms
+    torch.manual_seed(0)
+    tokenizer = CTTokenizer(filters=8, channel_multipliers=[1, 2], temporal_downsample=[True], num_res_blocks=1,
+                            token_bits=6, norm_groups=4, preprocess={"spacing": [8.0, 8.0, 8.0]})
+    tokenize_many(tokenizer, _ctrate_sources(root), tmp_path / "tokens", progress=False)
+    cfg = {"task": "ct-report", "seed": 0,
+           "data": {"root": str(root), "tokens": str(tmp_path / "tokens"), "batch_size": 4, "eval_batch_size": 4,
+                    "num_generate": 3, "max_report_tokens": 24, "bpe_vocab_size": 300},
+           "model": {"d_model": 16, "n_layers": 1, "mixer": {"name": "attention", "n_heads": 2},
+                     "prefix_grid": [1, 2, 2], "encoder": "bag", "label_prompt": True},
+           "trainer": {"max_steps": 4, "val_check_interval": 2, "checkpoint_every_n_steps": 2}}
+    (tmp_path / "report.yaml").write_text(yaml.safe_dump(cfg))
+    metrics = train(tmp_path / "report.yaml", run_dir=tmp_path / "run")
+    for key in ("val/f1", "val/label_f1", "val/label_auroc", "val/baseline_f1"):
+        assert key in metrics["val"], key
+    assert "test/label_f1" in metrics["test"]
+    model = ReportGenerator.from_pretrained(tmp_path / "run" / "model").eval()
+    files, _, labels = report_pairs(str(root), str(tmp_path / "tokens"), "val")
+    with torch.no_grad():
+        probs = torch.cat([model.predict_labels(CTTokens.load(f).codes()[None]) for f in files])
+    torch.testing.assert_close(model.label_thresholds, fit_thresholds(probs, labels))
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert any("val/f1" in str(k) for k in ckpt["callbacks"]), list(ckpt["callbacks"])
