@@ -20,13 +20,18 @@ from mmseq.medical.io import CTPreprocess, load_ct, preprocess
 PSNR_MEASURED = 25.4
 
 
-@pytest.fixture(scope="module")
-def unseen(tmp_path_factory) -> Path:
+def _unseen_phantoms(tmp_path_factory, n: int) -> Path:
+    """``n`` phantoms of seed 7: patients the shipped models never saw (they were trained on seed 0)."""
     from mmseq.medical.phantoms import make_ct_phantoms
 
-    root = tmp_path_factory.mktemp("unseen") / "ct"
-    make_ct_phantoms(root, n=6, seed=7, progress=False)
+    root = tmp_path_factory.mktemp(f"unseen{n}") / "ct"
+    make_ct_phantoms(root, n=n, seed=7, progress=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory) -> Path:
+    return _unseen_phantoms(tmp_path_factory, 6)
 
 
 def test_shipped_tokenizer_loads_with_its_card():
@@ -80,11 +85,7 @@ REPORT_F1_MARGIN = 0.05
 
 @pytest.fixture(scope="module")
 def unseen_60(tmp_path_factory) -> Path:
-    from mmseq.medical.phantoms import make_ct_phantoms
-
-    root = tmp_path_factory.mktemp("unseen60") / "ct"
-    make_ct_phantoms(root, n=60, seed=7, progress=False)
-    return root
+    return _unseen_phantoms(tmp_path_factory, 60)
 
 
 def test_shipped_report_generator_beats_the_most_common_report(unseen_60):
