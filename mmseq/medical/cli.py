@@ -178,12 +178,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         report = reporter.generate(codes, beam_size=args.beam)[0]
         probs = None
         if getattr(reporter, "label_prompt", False):
-            import torch
-
             from .ctrate import ABNORMALITIES
 
-            with torch.no_grad():
-                p = reporter.eval().predict_labels(codes)[0].tolist()
+            p = reporter.eval().predict_labels(codes)[0].tolist()
             probs = {name: round(v, 4) for name, v in zip(ABNORMALITIES, p)}
     findings = sorted(name for name, present in label_report(report).items() if present)
     if args.json:

@@ -131,6 +131,7 @@ class ReportGenerator(PretrainedMixin, nn.Module):
         pooled = codes.flatten(2).transpose(1, 2)  # [B, P, bits]
         return self.code_proj(pooled.to(self.code_proj.weight.dtype)) + self.prefix_pos, None
 
+    @torch.no_grad()
     def predict_labels(self, codes: torch.Tensor) -> torch.Tensor:
         """Probabilities [B, 18] of CT-RATE's abnormalities from the head (bag encoder only)."""
         _, label_logits = self.encode(codes)
