@@ -177,7 +177,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         codes = tokens.codes()[None]
         report = reporter.generate(codes, beam_size=args.beam)[0]
         probs = None
-        if getattr(reporter, "label_prompt", False):
+        if reporter.label_prompt:
             from .ctrate import ABNORMALITIES
 
             p = reporter.eval().predict_labels(codes)[0].tolist()

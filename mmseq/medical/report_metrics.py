@@ -116,12 +116,12 @@ def fit_thresholds(probs: torch.Tensor, labels: torch.Tensor, *, candidates: int
     grid = torch.linspace(0, 1, candidates + 2, dtype=torch.float64)[1:-1]
     th = torch.full((p.shape[1],), 0.5, dtype=torch.float64)
     yf = y.double()
+    pos = yf.sum()
     for _ in range(rounds):
         for j in range(p.shape[1]):
             pred = (p >= th).double()
             tp_rest = (pred * yf).sum() - (pred[:, j] * yf[:, j]).sum()
             fp_rest = (pred * (1 - yf)).sum() - (pred[:, j] * (1 - yf[:, j])).sum()
-            pos = yf.sum()
             cand = (p[:, j, None] >= grid).double()  # [N, C]
             tp = tp_rest + (cand * yf[:, j, None]).sum(0)
             fp = fp_rest + (cand * (1 - yf[:, j, None])).sum(0)

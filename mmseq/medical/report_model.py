@@ -43,6 +43,17 @@ def train_bpe(texts: Sequence[str], vocab_size: int = 1000, min_frequency: int =
     return tok.to_str()
 
 
+def report_loss(logits: torch.Tensor, label_logits: torch.Tensor | None, text: torch.Tensor,
+                labels: torch.Tensor | None, label_weight: float = 0.0) -> torch.Tensor:
+    """Next-token cross-entropy of logits [B, T-1, V] against text [B, T] (pads ignored), plus ``label_weight``
+    x the head's binary cross-entropy of label logits [B, 18] against labels [B, 18] when both are given."""
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), text[:, 1:].reshape(-1),
+                           ignore_index=PAD)
+    if label_weight and labels is not None and label_logits is not None:
+        loss = loss + label_weight * F.binary_cross_entropy_with_logits(label_logits.float(), labels.float())
+    return loss
+
+
 def pool_codes(codes: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """codes [B, bits, d, h, w] -> [B, bits, *grid] by adaptive average pooling (identity when already there)."""
     if tuple(codes.shape[-3:]) == tuple(grid):
@@ -146,22 +157,23 @@ class ReportGenerator(PretrainedMixin, nn.Module):
         idx = labels.long().clamp(0, 1)
         return self.label_tokens[torch.arange(idx.shape[1], device=idx.device), idx]
 
+    def _prefix_and_logits(self, codes: torch.Tensor, labels: torch.Tensor | None
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        grid, label_logits = self.encode(codes)
+        if self.label_prompt:
+            grid = torch.cat([grid, self._prompt(label_logits, labels)], dim=1)
+        return grid, label_logits
+
     def prefix(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """codes [B, bits, d, h, w] -> prefix tokens [B, P (+ 18 with the label prompt), D]."""
-        grid, label_logits = self.encode(codes)
-        if not self.label_prompt:
-            return grid
-        return torch.cat([grid, self._prompt(label_logits, labels)], dim=1)
+        return self._prefix_and_logits(codes, labels)[0]
 
     def forward_with_labels(self, codes: torch.Tensor, text: torch.Tensor, labels: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(text logits [B, T, V], label logits [B, 18] or None); ``labels`` [B, 18] fill the label prompt
         (teacher forcing) when given, else the head's predictions do."""
-        grid, label_logits = self.encode(codes)
-        parts = [grid]
-        if self.label_prompt:
-            parts.append(self._prompt(label_logits, labels))
-        x = torch.cat([*parts, self.embed(text)], dim=1)
+        prefix, label_logits = self._prefix_and_logits(codes, labels)
+        x = torch.cat([prefix, self.embed(text)], dim=1)
         return self.head(self.trunk(x)[:, self.n_prefix:]), label_logits
 
     def forward(self, codes: torch.Tensor, text: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,11 +184,7 @@ class ReportGenerator(PretrainedMixin, nn.Module):
              label_weight: float = 0.0) -> torch.Tensor:
         """Report cross-entropy, plus ``label_weight`` x the head's binary cross-entropy when labels are given."""
         logits, label_logits = self.forward_with_labels(codes, text[:, :-1], labels)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), text[:, 1:].reshape(-1),
-                               ignore_index=PAD)
-        if label_weight and labels is not None and label_logits is not None:
-            loss = loss + label_weight * F.binary_cross_entropy_with_logits(label_logits.float(), labels.float())
-        return loss
+        return report_loss(logits, label_logits, text, labels, label_weight)
 
     # -- decoding -------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mmseq.data import SplitDataModule
@@ -136,13 +135,9 @@ class CTReportModule(TaskModule):
         return self.model.forward_with_labels(codes, text[:, :-1], labels)
 
     def loss(self, outputs, batch) -> torch.Tensor:
-        logits, label_logits = outputs
-        target = batch[1][:, 1:]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=0)
-        if label_logits is not None and self.label_loss_weight:
-            loss = loss + self.label_loss_weight * F.binary_cross_entropy_with_logits(
-                label_logits.float(), batch[2].float())
-        return loss
+        from .report_model import report_loss
+
+        return report_loss(*outputs, batch[1], batch[2], self.label_loss_weight)
 
     def update_metrics(self, metrics, outputs, batch) -> None:
         if self.trainer.sanity_checking:
@@ -211,8 +206,10 @@ class CTReportTask(Task):
             raise ConfigError(f"config key 'model.prefix_grid': three positive sizes, got "
                               f"{list(self.cfg.model.prefix_grid)}")
         m = self.cfg.model
-        if m.encoder not in ("pool", "bag"):
-            raise ConfigError(f"config key 'model.encoder': pool or bag, got {m.encoder!r}")
+        from .report_model import ENCODERS
+
+        if m.encoder not in ENCODERS:
+            raise ConfigError(f"config key 'model.encoder': one of {', '.join(ENCODERS)}, got {m.encoder!r}")
         if m.label_prompt and m.encoder != "bag":
             raise ConfigError("config key 'model.label_prompt': needs model.encoder: bag (its head predicts "
                               "the labels)")
