@@ -21,6 +21,19 @@ versions ``causal_conv1d_update`` and ``selective_state_update``, so streaming r
 The conv state keeps the K-1 previous inputs of the conv, oldest first (the shortest state
 ``causal_conv1d_update`` takes); ``mamba_ssm``'s [B, E, K] states, the newest input included, work with that
 kernel unchanged, since it reads any state of K-1 or more inputs in the same order.
+
+State collapse (Stuffed Mamba, Chen et al. 2024): a model trained on contexts shorter than its "forget threshold"
+learns decays near 1, so past the training length its state keeps growing and the outputs fall apart. Two of the
+paper's training-free mitigations are options here, both off by default:
+
+- ``decay_scale`` (> 1 forgets more): A <- decay_scale * A, a stronger decay exp(delta * A) at unchanged input
+  term delta * B * x. Still a linear scan, so the fast kernels run.
+- ``state_norm``: after every update each channel's state h[e] ([N]) is rescaled to norm <= state_norm. The
+  rescaling depends on the state, so the scan is no longer linear: ``forward`` then runs the recurrence one
+  position at a time (in PyTorch, O(L) sequential steps), exactly as ``step`` does.
+
+The third mitigation, a sliding window by state difference, needs a scalar decay per head; it is an option of
+``mamba2``. ``state_norms(x)`` returns ||h_t[e]|| for every position, to see the collapse and the fix.
 """
 
 from __future__ import annotations
@@ -62,6 +75,8 @@ class MambaMixer(Mixer):
         dt_init: "random" (W_dt ~ U(+-R^-1/2 * dt_scale)) or "constant" (W_dt = R^-1/2 * dt_scale).
         dt_scale: scales that init. dt_init_floor: lower clamp of the initial step size.
         conv_bias: bias in the conv. bias: biases in in_proj and out_proj.
+        decay_scale: multiplies A (Stuffed Mamba's "forget more"); 1.0 leaves the model as trained.
+        state_norm: when set, the largest norm each channel's state [N] may keep after an update.
         impl: kernel path for ``mmseq.kernels`` ("ref", "torch", "triton"; None: Triton on CUDA, torch elsewhere).
 
     Example:
@@ -76,7 +91,8 @@ class MambaMixer(Mixer):
     def __init__(self, d_model: int, *, causal: bool = True, d_state: int = 16, d_conv: int = 4,
                  expand: float = 2, dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
-                 conv_bias: bool = True, bias: bool = False, impl: str | None = None) -> None:
+                 conv_bias: bool = True, bias: bool = False, decay_scale: float = 1.0,
+                 state_norm: float | None = None, impl: str | None = None) -> None:
         super().__init__(d_model, causal=causal)
         if not causal:
             raise ValueError("mamba is causal only (causal=False is not supported); "
@@ -96,6 +112,11 @@ class MambaMixer(Mixer):
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
         if impl is not None and impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
+        if not decay_scale > 0:
+            raise ValueError(f"decay_scale must be > 0, got {decay_scale}")
+        if state_norm is not None and not state_norm > 0:
+            raise ValueError(f"state_norm must be > 0 or None, got {state_norm}")
+        self.decay_scale, self.state_norm = float(decay_scale), state_norm
         self.d_state, self.d_conv, self.expand = d_state, d_conv, expand
         self.d_inner, self.dt_rank, self.impl = d_inner, dt_rank, impl
 
@@ -131,10 +152,13 @@ class MambaMixer(Mixer):
 
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
-    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_input(x)
-        if context is not None:
-            raise ValueError("mamba does not take a context (it is a self mixer)")
+    def _A(self) -> torch.Tensor:
+        """A = -exp(A_log) * decay_scale: [E, N]."""
+        A = -torch.exp(self.A_log)
+        return A * self.decay_scale if self.decay_scale != 1.0 else A
+
+    def _scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x [B, L, D] -> (xs [B, E, L] after conv + SiLU, dt [B, E, L] before bias, B, C [B, N, L], z [B, E, L])."""
         xz = self.in_proj(x).transpose(1, 2)  # [B, 2E, L]
         xs, z = xz.chunk(2, dim=1)
         # The kernels manage precision themselves (fp32 accumulation, outputs in u's dtype), so autocast is
@@ -146,20 +170,73 @@ class MambaMixer(Mixer):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # The bias of dt_proj goes to the scan as delta_bias (added in the scan's precision, before softplus).
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # [B, E, L]
-        A = -torch.exp(self.A_log)  # [E, N]
+        return xs, dt, B.transpose(1, 2), C.transpose(1, 2), z
+
+    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(x)
+        if context is not None:
+            raise ValueError("mamba does not take a context (it is a self mixer)")
+        xs, dt, B, C, z = self._scan_inputs(x)
+        A = self._A()  # [E, N]
         with torch.autocast(x.device.type, enabled=False):
-            y = selective_scan(xs, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z=z,
-                               delta_bias=self.dt_proj.bias, delta_softplus=True, impl=self.impl)
+            if self.state_norm is None:
+                y = selective_scan(xs, dt, A, B, C, self.D, z=z, delta_bias=self.dt_proj.bias,
+                                   delta_softplus=True, impl=self.impl)
+            else:
+                h = self._zero_ssm_state(x.shape[0], x.device, None)
+                ys = []
+                for t in range(x.shape[1]):
+                    h = self._update(h, xs[..., t], dt[..., t], A, B[..., t])
+                    ys.append(self._readout(h, xs[..., t], C[..., t], z[..., t]))
+                y = torch.stack(ys, -1)
         return self.out_proj(y.transpose(1, 2))  # [B, L, D]
+
+    def _update(self, h: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                B: torch.Tensor) -> torch.Tensor:
+        """One update, bounded by ``state_norm`` when set: h [B, E, N], x, dt [B, E], B [B, N] -> h [B, E, N]."""
+        acc = h.dtype
+        delta = F.softplus(dt.to(acc) + self.dt_proj.bias.to(acc))[..., None]  # [B, E, 1]
+        h = torch.exp(delta * A.to(acc)) * h + delta * B.to(acc)[:, None, :] * x.to(acc)[..., None]
+        if self.state_norm is None:
+            return h
+        # Rescale only the channels over the bound; dividing by max(norm / bound, 1) keeps the others exact.
+        scale = (torch.linalg.vector_norm(h, dim=-1, keepdim=True) / self.state_norm).clamp(min=1.0)
+        return h / scale
+
+    def _readout(self, h: torch.Tensor, x: torch.Tensor, C: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """y = (<C, h> + D x) * silu(z): h [B, E, N], x, z [B, E], C [B, N] -> [B, E] in x's dtype."""
+        acc = h.dtype
+        y = (h * C.to(acc)[:, None, :]).sum(-1) + self.D.to(acc) * x.to(acc)
+        return (y * F.silu(z.to(acc))).to(x.dtype)
+
+    def _zero_ssm_state(self, batch_size: int, device, dtype) -> torch.Tensor:
+        ssm_dtype = torch.promote_types(self.A_log.dtype, torch.float32) if dtype is None else dtype
+        return torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype)
+
+    @torch.no_grad()
+    def state_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """||h_t[e]||_2 of every channel's state after every position: x [B, L, D] -> [B, L, E] (float32+).
+
+        Runs the recurrence the mixer runs (``decay_scale`` and ``state_norm`` included), one position at a
+        time, so it shows where a state grows without bound (state collapse) and whether an option bounds it.
+        """
+        self.check_input(x)
+        xs, dt, B, C, z = self._scan_inputs(x)
+        A = self._A()
+        h = self._zero_ssm_state(x.shape[0], x.device, None)
+        norms = []
+        for t in range(x.shape[1]):
+            h = self._update(h, xs[..., t], dt[..., t], A, B[..., t])
+            norms.append(torch.linalg.vector_norm(h, dim=-1))
+        return torch.stack(norms, 1)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
         """Zero state: conv [B, E, K-1] (dtype, else the conv weight's) and ssm [B, E, N] (dtype, else >= fp32)."""
         device = self.A_log.device if device is None else device
         conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
-        ssm_dtype = torch.promote_types(self.A_log.dtype, torch.float32) if dtype is None else dtype
         return MambaState(
             conv=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=conv_dtype),
-            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype),
+            ssm=self._zero_ssm_state(batch_size, device, dtype),
         )
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
@@ -174,8 +251,12 @@ class MambaMixer(Mixer):
                                       activation="silu", impl=self.impl)
         dt, B, C = torch.split(self.x_proj(xs), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # [B, E], bias added inside the update as in forward
-        A = -torch.exp(self.A_log)
+        A = self._A()
         with torch.autocast(x_t.device.type, enabled=False):
-            y = selective_state_update(ssm_state, xs, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
-                                       dt_softplus=True, impl=self.impl)
+            if self.state_norm is None:
+                y = selective_state_update(ssm_state, xs, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
+                                           dt_softplus=True, impl=self.impl)
+            else:
+                ssm_state = self._update(ssm_state, xs, dt, A, B)
+                y = self._readout(ssm_state, xs, C, z)
         return self.out_proj(y), MambaState(conv=conv_state, ssm=ssm_state)
