@@ -158,9 +158,11 @@ class MambaMixer(Mixer):
         return A * self.decay_scale if self.decay_scale != 1.0 else A
 
     def _scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x [B, L, D] -> (xs [B, E, L] after conv + SiLU, dt [B, E, L] before bias, B, C [B, N, L], z [B, E, L])."""
+        """x [B, L, D] -> (xs [B, E, L] after conv + SiLU, dt [B, E, L] before bias, B, C [B, N, L], z [B, E, L],
+        the conv's input [B, E, L])."""
         xz = self.in_proj(x).transpose(1, 2)  # [B, 2E, L]
-        xs, z = xz.chunk(2, dim=1)
+        x_in, z = xz.chunk(2, dim=1)
+        xs = x_in
         # The kernels manage precision themselves (fp32 accumulation, outputs in u's dtype), so autocast is
         # switched off around them: it would otherwise recast their internal matmuls.
         with torch.autocast(x.device.type, enabled=False):
@@ -170,26 +172,53 @@ class MambaMixer(Mixer):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # The bias of dt_proj goes to the scan as delta_bias (added in the scan's precision, before softplus).
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # [B, E, L]
-        return xs, dt, B.transpose(1, 2), C.transpose(1, 2), z
+        return xs, dt, B.transpose(1, 2), C.transpose(1, 2), z, x_in
 
     def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
         if context is not None:
             raise ValueError("mamba does not take a context (it is a self mixer)")
-        xs, dt, B, C, z = self._scan_inputs(x)
+        xs, dt, B, C, z, _ = self._scan_inputs(x)
         A = self._A()  # [E, N]
         with torch.autocast(x.device.type, enabled=False):
             if self.state_norm is None:
                 y = selective_scan(xs, dt, A, B, C, self.D, z=z, delta_bias=self.dt_proj.bias,
                                    delta_softplus=True, impl=self.impl)
             else:
-                h = self._zero_ssm_state(x.shape[0], x.device, None)
-                ys = []
-                for t in range(x.shape[1]):
-                    h = self._update(h, xs[..., t], dt[..., t], A, B[..., t])
-                    ys.append(self._readout(h, xs[..., t], C[..., t], z[..., t]))
-                y = torch.stack(ys, -1)
+                y, _ = self._bounded_scan(xs, dt, A, B, C, z)
         return self.out_proj(y.transpose(1, 2))  # [B, L, D]
+
+    def _bounded_scan(self, xs, dt, A, B, C, z) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``state_norm`` scan, one position at a time: -> (y [B, E, L], last state [B, E, N])."""
+        h = self._zero_ssm_state(xs.shape[0], xs.device, None)
+        ys = []
+        for t in range(xs.shape[-1]):
+            h = self._update(h, xs[..., t], dt[..., t], A, B[..., t])
+            ys.append(self._readout(h, xs[..., t], C[..., t], None if z is None else z[..., t]))
+        return torch.stack(ys, -1), h
+
+    def forward_with_state(self, x: torch.Tensor) -> tuple[torch.Tensor, MambaState, torch.Tensor]:
+        """One parallel pass that also returns what decoding continues from.
+
+        x [B, L, D] -> (out [B, L, D] as ``forward``, the state after the last position (``step`` continues from
+        it), memory [B, L, E]: the scan's output before the z gate, D skip included — the readout SambaY's
+        gated memory units re-use).
+        """
+        self.check_input(x)
+        xs, dt, B, C, z, x_in = self._scan_inputs(x)
+        A = self._A()
+        with torch.autocast(x.device.type, enabled=False):
+            if self.state_norm is None:
+                m, last = selective_scan(xs, dt, A, B, C, self.D, delta_bias=self.dt_proj.bias,
+                                         delta_softplus=True, return_last_state=True, impl=self.impl)
+            else:
+                m, last = self._bounded_scan(xs, dt, A, B, C, None)
+            y = m * F.silu(z.to(m.dtype))
+        # The conv state is the last K-1 inputs of the conv, zeros in front when L < K-1.
+        K1 = self.d_conv - 1
+        conv = F.pad(x_in, (K1, 0))[..., x_in.shape[-1]:].contiguous()
+        state = MambaState(conv=conv, ssm=last.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+        return self.out_proj(y.transpose(1, 2)), state, m.transpose(1, 2)
 
     def _update(self, h: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
                 B: torch.Tensor) -> torch.Tensor:
@@ -203,11 +232,11 @@ class MambaMixer(Mixer):
         scale = (torch.linalg.vector_norm(h, dim=-1, keepdim=True) / self.state_norm).clamp(min=1.0)
         return h / scale
 
-    def _readout(self, h: torch.Tensor, x: torch.Tensor, C: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """y = (<C, h> + D x) * silu(z): h [B, E, N], x, z [B, E], C [B, N] -> [B, E] in x's dtype."""
+    def _readout(self, h: torch.Tensor, x: torch.Tensor, C: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """y = (<C, h> + D x) * silu(z) (no gate when z is None): h [B, E, N], x, z [B, E], C [B, N] -> [B, E]."""
         acc = h.dtype
         y = (h * C.to(acc)[:, None, :]).sum(-1) + self.D.to(acc) * x.to(acc)
-        return (y * F.silu(z.to(acc))).to(x.dtype)
+        return (y if z is None else y * F.silu(z.to(acc))).to(x.dtype)
 
     def _zero_ssm_state(self, batch_size: int, device, dtype) -> torch.Tensor:
         ssm_dtype = torch.promote_types(self.A_log.dtype, torch.float32) if dtype is None else dtype
@@ -221,7 +250,7 @@ class MambaMixer(Mixer):
         time, so it shows where a state grows without bound (state collapse) and whether an option bounds it.
         """
         self.check_input(x)
-        xs, dt, B, C, z = self._scan_inputs(x)
+        xs, dt, B, C, z, _ = self._scan_inputs(x)
         A = self._A()
         h = self._zero_ssm_state(x.shape[0], x.device, None)
         norms = []
@@ -242,6 +271,11 @@ class MambaMixer(Mixer):
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """x_t: [B, D] -> (y_t [B, D], new state). ``state`` itself is left unchanged (the kernels update
         copies), so a state can be kept and stepped from again."""
+        y, state, _ = self.step_with_memory(x_t, state)
+        return y, state
+
+    def step_with_memory(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState, torch.Tensor]:
+        """``step`` that also returns this position's memory [B, E] (see ``forward_with_state``)."""
         if x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
             raise ValueError(f"x_t must be [B, D] with D == d_model={self.d_model}, got {list(x_t.shape)}")
         conv_state, ssm_state = state.conv.clone(), state.ssm.clone()
@@ -254,9 +288,10 @@ class MambaMixer(Mixer):
         A = self._A()
         with torch.autocast(x_t.device.type, enabled=False):
             if self.state_norm is None:
-                y = selective_state_update(ssm_state, xs, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
+                m = selective_state_update(ssm_state, xs, dt, A, B, C, self.D, dt_bias=self.dt_proj.bias,
                                            dt_softplus=True, impl=self.impl)
             else:
                 ssm_state = self._update(ssm_state, xs, dt, A, B)
-                y = self._readout(ssm_state, xs, C, z)
-        return self.out_proj(y), MambaState(conv=conv_state, ssm=ssm_state)
+                m = self._readout(ssm_state, xs, C, None)
+            y = m * F.silu(z.to(m.dtype))
+        return self.out_proj(y), MambaState(conv=conv_state, ssm=ssm_state), m

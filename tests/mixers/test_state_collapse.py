@@ -98,3 +98,22 @@ def test_state_norm_gradients_reach_every_parameter():
 def test_bad_options_are_refused(options):
     with pytest.raises(ValueError, match=next(iter(options))):
         create_mixer("mamba", D, **options)
+
+
+@pytest.mark.parametrize("options", [{}, {"state_norm": 0.005}])
+@pytest.mark.parametrize("L", [2, 13])  # shorter and longer than the conv's K-1 = 3 inputs
+def test_forward_with_state_continues_like_streaming(options, L):
+    torch.manual_seed(0)
+    m = create_mixer("mamba", D, d_state=4, **options).double()
+    x = torch.randn(2, L + 5, D, dtype=torch.float64)
+    y, state, memory = m.forward_with_state(x[:, :L])
+    torch.testing.assert_close(y, m(x[:, :L]), rtol=1e-10, atol=1e-10)
+    streamed, _ = stream(m, x[:, L:], state)
+    torch.testing.assert_close(streamed, m(x)[:, L:], rtol=1e-10, atol=1e-10)
+    # The memory is the readout before the z gate: stepping reproduces it too.
+    s = m.init_state(2, dtype=torch.float64)
+    mems = []
+    for t in range(L):
+        _, s, m_t = m.step_with_memory(x[:, t], s)
+        mems.append(m_t)
+    torch.testing.assert_close(memory, torch.stack(mems, 1), rtol=1e-10, atol=1e-10)
