@@ -75,9 +75,7 @@ def _params(names: list[str]) -> list:
     params = []
     for impl in ("torch", "triton"):
         for name in names:
-            marks = []
-            if impl == "triton":
-                marks = [*TRITON, *([pytest.mark.slow] if DEVICE.type == "cpu" and CASES[name].L > 200 else [])]
+            marks = TRITON if impl == "triton" else []
             params.append(pytest.param(impl, CASES[name], id=f"{impl}-{name}", marks=marks))
     return params
 
