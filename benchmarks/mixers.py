@@ -6,6 +6,7 @@
     python benchmarks/mixers.py --part mqar --lengths 1024 4096 --tokens-per-step 16384 --num-test 250
     python benchmarks/mixers.py --quick                            # both parts on tiny shapes, a smoke run
     python benchmarks/mixers.py --part all --markdown benchmarks/RESULTS.md
+    python benchmarks/mixers.py --part ssd --ssd-lengths 1024 4096       # Mamba-2's chunked scan vs its loop
 
 speed: for each registered mixer (its constructor defaults, ``d_model=64``, causal, batch 1, fp32; mixers
 with an ``l_max`` get ``l_max=L``) one forward+backward is timed at each L (``ms``: median of several runs
@@ -26,6 +27,11 @@ key-value pairs and a 256-token vocabulary at every length, so only the distance
 (and, by default, each training sequence is seen once). The table gives the test accuracy of each (mixer, L).
 Run folders go to a temporary folder (``--keep-runs DIR`` to keep them). ``--max-minutes`` stops starting
 new runs once the next would likely end past the budget; runs not started are listed as such.
+
+ssd: the SSD scan of Mamba-2 (``mmseq.kernels.ssd``), its chunked torch path against the sequential float loop
+``ssd_ref`` on the same inputs, forward+backward (B 1, H 4, P 16, N 16, chunk 64, fp32), with the ratio; then
+the ``mamba2`` mixer beside ``mamba`` at the same width (``--d-model``, default 64, their default expand 2),
+forward+backward, with the ratio.
 
 Nothing is written unless ``--markdown FILE`` is given; each table is then appended to FILE under a line
 with the date, the device, the torch version and the command.
@@ -71,6 +77,13 @@ EXPECTED = {
     "hyena": ("L log L (FFT conv)", 1.0),
     "longconv": ("L log L (FFT conv)", 1.0),
     "sgconv": ("L log L (FFT conv)", 1.0),
+    "s4": ("L log L (FFT conv, Cauchy kernel)", 1.0),
+    "mamba2": ("linear (chunked SSD scan)", 1.0),
+    "scout": ("L^2 / segment (checkpoint attn)", 2.0),
+    "seqboat": ("linear (local attn on active tokens)", 1.0),
+    "memmamba": ("linear (scan + fixed note pools)", 1.0),
+    "hax": ("see hax.py (LSH + selected keys)", float("nan")),
+    "sambay": ("quadratic (one full attn layer)", 2.0),
 }
 
 
@@ -489,9 +502,59 @@ def plot(cells: list[Cell], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _fwd_bwd_ms(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], device: torch.device,
+               args: argparse.Namespace) -> float:
+    """Median ms of fn() then the gradient of its output (a fixed random cotangent) w.r.t. ``inputs``."""
+    grad = torch.randn_like(fn())
+
+    def step():
+        return torch.autograd.grad(fn(), inputs, grad, allow_unused=True)
+
+    return time_ms(step, device, warmup=args.warmup, min_reps=args.min_reps, max_reps=args.reps,
+                   budget_s=args.budget)
+
+
+def run_ssd(lengths: list[int], device: torch.device, args: argparse.Namespace) -> str:
+    """The ssd part: a table of chunked-vs-loop scan times and one of mamba2-vs-mamba mixer times."""
+    from mmseq.kernels.ssd import ssd
+
+    from mmseq.mixers.base import create_mixer
+
+    H, P, N, chunk = 4, 16, 16, 64
+    scan_rows, mixer_rows = [], []
+    for L in lengths:
+        torch.manual_seed(0)
+        x = torch.randn(1, L, H, P, device=device, requires_grad=True)
+        dt = (torch.rand(1, L, H, device=device) * 0.1).requires_grad_(True)
+        A = (-torch.rand(H, device=device) - 0.5).requires_grad_(True)
+        B = torch.randn(1, L, 1, N, device=device, requires_grad=True)
+        C = torch.randn(1, L, 1, N, device=device, requires_grad=True)
+        D = torch.ones(H, device=device, requires_grad=True)
+        inputs = [x, dt, A, B, C, D]
+        ms = {impl: _fwd_bwd_ms(lambda impl=impl, a=inputs: ssd(*a, chunk_size=chunk, impl=impl), inputs,
+                                device, args) for impl in ("torch", "ref")}
+        scan_rows.append(f"| {L} | {ms['torch']:.1f} | {ms['ref']:.1f} | {ms['ref'] / ms['torch']:.1f}x |")
+
+        times = {}
+        for name in ("mamba2", "mamba"):
+            torch.manual_seed(0)
+            mixer = create_mixer(name, args.d_model).to(device)
+            u = torch.randn(args.batch, L, args.d_model, device=device, requires_grad=True)
+            times[name] = _fwd_bwd_ms(lambda m=mixer, u=u: m(u), [u, *mixer.parameters()], device, args)
+        mixer_rows.append(f"| {L} | {times['mamba2']:.1f} | {times['mamba']:.1f} | "
+                          f"{times['mamba'] / times['mamba2']:.2f}x |")
+    return "\n".join([
+        f"SSD scan, forward+backward (B 1, H {H}, P {P}, N {N}, chunk {chunk}, fp32):", "",
+        "| L | chunked ms | sequential ref ms | ref / chunked |", "|---|---|---|---|", *scan_rows, "",
+        f"mamba2 beside mamba (d_model {args.d_model}, batch {args.batch}, defaults, forward+backward):", "",
+        "| L | mamba2 ms | mamba ms | mamba / mamba2 |", "|---|---|---|---|", *mixer_rows,
+    ])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--part", choices=("speed", "mqar", "all"), default="all", help="what to run (default: all)")
+    p.add_argument("--part", choices=("speed", "mqar", "ssd", "all"), default="all",
+                   help="what to run (default: all = speed and mqar)")
     p.add_argument("--mixers", nargs="+", default=None, metavar="NAME",
                    help="mixers to run, space or comma separated (default: every registered mixer)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and a few training steps: a smoke run")
@@ -512,6 +575,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--budget", type=float, default=None,
                    help="seconds of timing per cell once --min-reps are in (default 1; 0.02 with --quick)")
     s.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="write time and memory plots")
+    s.add_argument("--ssd-lengths", type=int, nargs="+", default=None, metavar="L",
+                   help="lengths of the ssd part (default 4096; 128 with --quick)")
     m = p.add_argument_group("mqar")
     m.add_argument("--lengths", type=int, nargs="+", default=None, metavar="L",
                    help="MQAR sequence lengths (default 256; 32 with --quick)")
@@ -550,6 +615,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.speed_lengths = list(QUICK_LENGTHS if args.quick else LENGTHS)
     if args.lengths is None:
         args.lengths = [32] if args.quick else [256]
+    if args.ssd_lengths is None:
+        args.ssd_lengths = [128] if args.quick else [4096]
     if args.steps is None:
         args.steps = 4 if args.quick else 600
     if args.budget is None:
@@ -582,6 +649,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"plot written to {args.plot}", file=sys.stderr)
             except ImportError as e:
                 print(f"no plot: {e}", file=sys.stderr)
+
+    if args.part == "ssd":
+        text = run_ssd(args.ssd_lengths, device, args)
+        print(text, flush=True)
+        if args.markdown is not None:
+            write_markdown(args.markdown, text, device, title="Mamba-2: chunked SSD scan vs its loop, mamba2 vs mamba")
 
     if args.part in ("mqar", "all"):
         runs = run_mqar(args.mixers, args.lengths, args)

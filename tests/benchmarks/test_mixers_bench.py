@@ -119,3 +119,17 @@ def test_non_positive_sizes_are_refused_with_the_flag_named(bench, flag, capsys)
     with pytest.raises(SystemExit):
         bench.parse_args(["--part", "mqar", flag, "0"])
     assert f"{flag} must be a positive number" in capsys.readouterr().err
+
+
+def test_quick_ssd_part_prints_the_scan_ratio_and_the_mixer_pair():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--part", "ssd", "--threads", "1", "--ssd-lengths", "32",
+         "--reps", "1"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scan, pair = _tables(proc.stdout)
+    assert [r["L"] for r in scan] == ["32"] and [r["L"] for r in pair] == ["32"]
+    assert float(scan[0]["chunked ms"]) > 0 and float(scan[0]["sequential ref ms"]) > 0
+    assert float(pair[0]["mamba2 ms"]) > 0 and float(pair[0]["mamba ms"]) > 0
