@@ -13,7 +13,8 @@ HAX attention, per head, with q, k, v projections of the normed hidden state:
   weights) hash q_t and k_j by the signs of their projections into ``n_buckets`` buckets, in each of R rounds.
   Query t sees key j <= t when they share a bucket in any round. Hashing uses the un-rotated q / k (content).
 - KS: a learned scalar score per key, s_j = score_proj(x_j) (one per head). Query t also sees the ``top_k`` keys
-  of highest score among the keys j <= t (all of them while t < top_k).
+  of highest score among the keys j <= t (all of them while t < top_k; keys tied with the top_k-th score are
+  all taken, so the choice never depends on a tie-break).
 - Query t always sees its own key, so no row is empty.
 
 The allowed keys (the union of the sets: a key in both is counted once) share one softmax of q . k / sqrt(P).
@@ -97,9 +98,11 @@ class HaxAttention(nn.Module):
         if self.select_all or self.top_k >= n:
             selected = causal.expand(q.shape[0], q.shape[1], -1, -1)
         else:
+            # The K-th largest score of each row's prefix is the threshold (-inf while fewer than K keys): a
+            # rule of values only, so keys tied with it are all taken and no tie-break depends on the shape.
             prefix = s[:, :, None, :].detach().masked_fill(~causal, float("-inf"))  # [B, H, c, n]
-            idx = prefix.topk(self.top_k, dim=-1).indices
-            selected = torch.zeros_like(prefix, dtype=torch.bool).scatter(-1, idx, True) & causal
+            kth = prefix.topk(self.top_k, dim=-1).values[..., -1:] if self.top_k else prefix.new_full((1,), math.inf)
+            selected = (prefix >= kth) & causal
         same = (qc[..., :, None] == kc[..., None, :]).any(0)  # [B, H, c, n]
         allowed = causal & (same | selected | (j[None, :] == rows[:, None]))
         logits = q @ k.transpose(-1, -2) * self.head_dim ** -0.5

@@ -73,6 +73,18 @@ def test_every_key_selected_is_full_causal_attention(kw):
     torch.testing.assert_close(m(x), h + _full_causal_loop(m, a) - x, rtol=1e-10, atol=1e-10)
 
 
+def test_keys_tied_with_the_kth_score_are_all_selected():
+    """Constant scores tie every key: all are taken (full attention), in forward and in step alike."""
+    m = _build(top_k=2)
+    with torch.no_grad():
+        m.attn.score_proj.weight.zero_()
+        m.attn.score_proj.bias.fill_(0.3)
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    h, a = _attention_input(m, x)
+    torch.testing.assert_close(m(x), h + _full_causal_loop(m, a) - x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(stream(m, x, m.init_state(2))[0], m(x), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("kw", [{}, {"n_hashes": 2, "n_buckets": 8, "top_k": 2}, {"rotary": True, "top_k": 1}],
                          ids=["default", "two_rounds", "rotary"])
 def test_hax_equals_definition_loop(kw):
