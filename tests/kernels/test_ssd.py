@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.kernels._helpers import DEVICE, assert_close, triton_marks
+from tests.kernels._helpers import DEVICE, GPU, assert_close, triton_marks
 
 ssd_mod = importlib.import_module("mmseq.kernels.ssd")
 
@@ -250,7 +250,7 @@ TRITON_CASES = [
     Case(1, 1, 2, 3, 1, 4, 8, "H", True, True, True),
     Case(1, 7, 2, 3, 1, 3, 8, "", False, False, False),
     Case(1, 13, 4, 3, 2, 5, 8, "HP", True, True, True),
-    Case(2, 33, 2, 2, 1, 3, 8, "H", False, True, True),
+    Case(1, 33, 2, 2, 1, 3, 8, "H", False, True, True),
 ]
 
 
@@ -277,6 +277,19 @@ def test_triton_bfloat16_matches_ref(c):
 @pytest.mark.parametrize("c", [pytest.param(c, id=_id(c), marks=TRITON) for c in TORCH_CASES])
 def test_triton_float64_matches_ref_grid(c):
     _assert_close(_run(_impl("triton"), _inputs(c, device=DEVICE), c), _reference(c), 1e-10, _id(c))
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=_id(c), marks=[*TRITON, *GPU]) for c in [
+    Case(2, 1025, 4, 64, 2, 128, 64, "H", True, True, True),
+    Case(1, 777, 3, 40, 1, 16, 256, "HP", False, False, True),
+]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_gpu_long(c, dtype):
+    """Real sizes on the GPU (mamba_ssm defaults P 64, N 128); the float64 loop runs there too."""
+    got = _run(_impl("triton"), _inputs(c, dtype, device=DEVICE), c)
+    want = _run(ssd_mod.ssd_ref, {k: (v.double() if v is not None else None)
+                                  for k, v in _inputs(c, dtype, device=DEVICE).items()}, c)
+    _assert_close(got, want, 1e-4 if dtype == torch.float32 else 1e-2, _id(c))
 
 
 # ----------------------------------------------------------------------------------------------------------
