@@ -45,8 +45,7 @@ def check_int(name: str, value, low: int) -> None:
 def build_local_mixer(owner: str, name: str, d_model: int, hparams: dict | None) -> Mixer:
     """The causal, streaming sub-mixer ``name`` that SCOUT / HAX run before their attention."""
     if not isinstance(name, str) or name not in MIXERS:
-        raise ValueError(f"{owner}: local must be a registered mixer name, got {name!r}; "
-                         f"{MIXERS.unknown_message(str(name))}")
+        raise ValueError(f"{owner}: local: {MIXERS.unknown_message(str(name))}")
     if name in ("scout", "hax", "hybrid"):
         raise ValueError(f"{owner}: local may not be {name!r} (a mixer that itself wraps a local mixer)")
     if hparams is not None and not isinstance(hparams, dict):
