@@ -107,7 +107,7 @@ class ScoutAttention(nn.Module):
         L, W = x.shape[1], self.segment
         q, k, v = self.qkv(x)
         kc, vc = k[:, :, W - 1::W], v[:, :, W - 1::W]  # checkpoints at positions W-1, 2W-1, ...
-        pos_c = torch.arange(W - 1, L, W, device=x.device)
+        pos_c = torch.arange(kc.shape[2], device=x.device) * W + (W - 1)  # none while L < W
         allowed = pos_c[None, :] < torch.arange(L, device=x.device)[:, None]  # [L, n]: strictly before t
         return self.merge(self.attend(q, k, v, kc, vc, allowed).to(x.dtype))
 

@@ -42,10 +42,10 @@ def _scout_loop(q, k, v, segment):
     return out
 
 
-@pytest.mark.parametrize("segment", [1, 3, 5])
-def test_scout_attention_equals_definition_loop(segment):
+@pytest.mark.parametrize("segment,L", [(1, 17), (3, 17), (5, 17), (10, 4), (4, 1)])
+def test_scout_attention_equals_definition_loop(segment, L):
     m = _build(segment=segment)
-    x = torch.randn(2, 17, 16, dtype=torch.float64)
+    x = torch.randn(2, L, 16, dtype=torch.float64)
     h, a = _attention_input(m, x)
     q, k, v = _qkv(m, a)
     expected = h + merge(m.attn, _scout_loop(q, k, v, segment)) - x
