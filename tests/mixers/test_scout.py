@@ -99,3 +99,14 @@ def test_scout_rejects_bad_config():
         create_mixer("scout", 16, local="no_such_mixer")
     with pytest.raises(ValueError, match="causal"):
         create_mixer("scout", 16, causal=False)
+
+
+def test_forward_scores_only_the_strided_checkpoints(monkeypatch):
+    """The forward builds keys/values for floor(L / W) checkpoints, so the scores are [B, H, L, L / W]."""
+    m = _build(segment=4)
+    seen = []
+    attend = m.attn.attend
+    monkeypatch.setattr(m.attn, "attend", lambda q, k, v, kc, vc, allowed: seen.append(
+        (kc.shape[2], tuple(allowed.shape))) or attend(q, k, v, kc, vc, allowed))
+    m(torch.randn(1, 30, 16, dtype=torch.float64))
+    assert seen == [(7, (30, 7))]
