@@ -41,11 +41,12 @@ into chunks of ``chunk_size`` positions; inside a chunk the output is the quadra
 Y = (exp(segsum(dt' A)) * C B^T) (dt' X); each chunk's end state is a product of the same decays with B and X; a
 scan over the chunk states gives every chunk its start state, whose contribution C h exp(cumsum(dt' A)) is then
 added. Any L works (the tail is padded with dt' = 0, which neither decays nor feeds the state); the backward is
-autograd's. With a window the chunks are r long, so a position sees its own chunk (decay mask below the diagonal)
-and the previous one (the band above the diagonal). "triton" runs one program per (batch row, head, block of P)
-that walks L with the [P, N] state in registers, saving the state every ``chunk_size`` positions; the backward
-kernel replays each chunk from its saved state and walks it in reverse. It takes no window (``impl=None`` picks
-"torch" for one).
+autograd's. With a window r the chunks stay ``chunk_size`` long: a block of chunk pairs whose distances are all
+under r goes through the chunk states (summed over the last r // chunk_size chunks only), the (at most two) blocks
+that straddle distance r are masked quadratic forms, the rest is skipped. "triton" runs one program per (batch
+row, head, block of P) that walks L with the [P, N] state in registers, saving the state every ``chunk_size``
+positions; the backward kernel replays each chunk from its saved state and walks it in reverse. It takes no window
+(``impl=None`` picks "torch" for one).
 """
 
 from __future__ import annotations
@@ -168,7 +169,14 @@ def _group_heads(M: torch.Tensor, G: int) -> torch.Tensor:
 
 def _ssd_chunked(x, dtp, A, B, C, h0, Q, window):
     """The chunked core on compute-dtype tensors: y [B, L, H, P] (no D, no gate) and the final state (None with a
-    window). x [B, L, H, P], dtp [B, L, H] (final step size), A [H], B, C [B, L, G, N], h0 [B, H, P, N] or None."""
+    window). x [B, L, H, P], dtp [B, L, H] (final step size), A [H], B, C [B, L, G, N], h0 [B, H, P, N] or None.
+
+    Block (c, c - d) of the L x L decay matrix couples position i of chunk c with position j of chunk c - d, at
+    distance d Q + i - j. Without a window, block 0 is computed as a quadratic form and every earlier block
+    through the chunk states. With window r, a block whose distances are all under r (1 <= d <= r // Q - 1) goes
+    through the chunk states as well, one that straddles r (at most two) is computed as a masked quadratic form,
+    and one beyond r is skipped: O(L (Q + r / Q * P N / Q)) work for any r.
+    """
     batch, L, H, P = x.shape
     G, N = B.shape[-2:]
     nc = -(-L // Q)
@@ -181,49 +189,61 @@ def _ssd_chunked(x, dtp, A, B, C, h0, Q, window):
     decay = torch.exp(_segsum(dA))  # [B, H, nc, Q(i), Q(j)]: prod_{k=j+1..i} a_k, 0 above the diagonal
     xdt = x * dtp[..., None]  # [B, nc, Q, H, P]
     xdt_g = xdt.view(batch, nc, Q, G, H // G, P)
+    o_q = torch.arange(Q, device=x.device)
+    dist = o_q[:, None] - o_q[None, :]  # i - j
+
+    def quadratic(W, d):
+        """Block (c, c - d) for chunks c >= d as a quadratic form: W [B, H, nc - d, Q, Q] are its decays."""
+        CB = torch.einsum("bclgn,bcsgn->bgcls", C[:, d:], B[:, :nc - d])  # [B, G, nc - d, Q, Q]
+        y_d = torch.einsum("bgkcls,bcsgkp->bclgkp", _group_heads(W, G) * CB[:, :, None], xdt_g[:, :nc - d])
+        return F.pad(y_d.reshape(batch, nc - d, Q, H, P), (0, 0, 0, 0, 0, 0, d, 0))  # zeros for chunks < d
 
     # 1. inside each chunk: the quadratic form (C B^T masked by the decays) applied to dt' x
-    CB = torch.einsum("bclgn,bcsgn->bgcls", C, B)  # [B, G, nc, Q, Q]
-    M = _group_heads(decay, G) * CB[:, :, None]  # [B, G, H/G, nc, Q, Q]
-    y = torch.einsum("bgkcls,bcsgkp->bclgkp", M, xdt_g)
-
-    if window is not None:
-        # 2w. the previous chunk, positions after i: decay from j to the chunk end, then into this chunk up to i
-        if nc > 1:
-            into = torch.exp(dA.cumsum(-1))[:, :, 1:, :, None]  # [B, H, nc-1, Q(i), 1]: prod_{k<=i} a_k
-            out_of = decay[:, :, :-1, -1, None, :]  # [B, H, nc-1, 1, Q(j)]: prod_{k=j+1..Q-1} a_k
-            band = torch.ones(Q, Q, dtype=torch.bool, device=x.device).triu(1)  # j > i
-            W = (into * out_of).masked_fill(~band, 0)
-            CBp = torch.einsum("bclgn,bcsgn->bgcls", C[:, 1:], B[:, :-1])
-            y_prev = torch.einsum("bgkcls,bcsgkp->bclgkp", _group_heads(W, G) * CBp[:, :, None], xdt_g[:, :-1])
-            y = torch.cat([y[:, :1], y[:, 1:] + y_prev], dim=1)
-        return y.reshape(batch, nc * Q, H, P)[:, :L], None
+    y = quadratic(decay if window is None or window >= Q else decay.masked_fill(dist >= window, 0), 0)
 
     # 2. each chunk's end state from its own inputs: decay from j to the chunk end (the last row of `decay`)
     to_end = decay[..., -1, :]  # [B, H, nc, Q]
     w = xdt_g * _group_heads(to_end, G).permute(0, 3, 4, 1, 2)[..., None]  # [B, nc, Q, G, H/G, P]
     states = torch.einsum("bcsgn,bcsgkp->bcgkpn", B, w).reshape(batch, nc, H, P, N)
+    chunk_dA = dA.sum(-1)  # [B, H, nc]: the decay across a whole chunk is exp of this
+    from_start = torch.exp(dA.cumsum(-1))  # [B, H, nc, Q]: prod_{k<=i} a_k inside the chunk
 
-    # 3. scan over the chunks: start[c] = state entering chunk c; chunk decay = exp(sum of dA over the chunk)
-    chunk_dA = dA.sum(-1)  # [B, H, nc]
-    h0 = h0 if h0 is not None else x.new_zeros(batch, H, P, N)
-    if nc <= _SCAN_MATRIX_MAX:
-        all_states = torch.cat([h0[:, None], states], dim=1)  # [B, nc+1, H, P, N]
-        across = torch.exp(_segsum(F.pad(chunk_dA, (1, 0))))  # [B, H, nc+1, nc+1]
-        carried = torch.einsum("bhzc,bchpn->bzhpn", across, all_states)
-        start, final = carried[:, :-1], carried[:, -1]
+    if window is None:
+        # 3. scan over the chunks: start[c] = state entering chunk c
+        h0 = h0 if h0 is not None else x.new_zeros(batch, H, P, N)
+        if nc <= _SCAN_MATRIX_MAX:
+            all_states = torch.cat([h0[:, None], states], dim=1)  # [B, nc+1, H, P, N]
+            across = torch.exp(_segsum(F.pad(chunk_dA, (1, 0))))  # [B, H, nc+1, nc+1]
+            carried = torch.einsum("bhzc,bchpn->bzhpn", across, all_states)
+            start, final = carried[:, :-1], carried[:, -1]
+        else:
+            chunk_decay = torch.exp(chunk_dA)[..., None, None]  # [B, H, nc, 1, 1]
+            starts, h = [], h0
+            for c in range(nc):
+                starts.append(h)
+                h = chunk_decay[:, :, c] * h + states[:, c]
+            start, final = torch.stack(starts, dim=1), h
     else:
-        chunk_decay = torch.exp(chunk_dA)[..., None, None]  # [B, H, nc, 1, 1]
-        starts, h = [], h0
-        for c in range(nc):
-            starts.append(h)
-            h = chunk_decay[:, :, c] * h + states[:, c]
-        start, final = torch.stack(starts, dim=1), h
+        # 3w. blocks d >= 1. between[c] = prod of the chunk decays strictly between chunks c - d and c, built up
+        # one d at a time (products of values <= 1, never a quotient)
+        final, start = None, torch.zeros_like(states)
+        between = torch.ones_like(chunk_dA)
+        chunk_decay = torch.exp(chunk_dA)
+        d = 1
+        while d < nc and d * Q - (Q - 1) < window:  # some distance of block d is under r
+            if d > 1:
+                between = between * F.pad(chunk_decay[..., :nc - d + 1], (d - 1, 0), value=1.0)
+            if d * Q + Q - 1 < window:  # whole block inside the window: through the chunk states
+                start = start + F.pad(between[..., d:].permute(0, 2, 1)[..., None, None] * states[:, :nc - d],
+                                      (0, 0, 0, 0, 0, 0, d, 0))
+            else:  # straddles r: the masked quadratic form
+                W = from_start[:, :, d:, :, None] * between[:, :, d:, None, None] * to_end[:, :, :nc - d, None, :]
+                y = y + quadratic(W.masked_fill(d * Q + dist >= window, 0), d)
+            d += 1
 
     # 4. the start state's contribution: C h decayed from the chunk start to position i
-    from_start = torch.exp(dA.cumsum(-1)).permute(0, 2, 3, 1)  # [B, nc, Q, H]
     y_off = torch.einsum("bclgn,bcgkpn->bclgkp", C, start.reshape(batch, nc, G, H // G, P, N))
-    y = y.reshape(batch, nc, Q, H, P) + y_off.reshape(batch, nc, Q, H, P) * from_start[..., None]
+    y = y + y_off.reshape(batch, nc, Q, H, P) * from_start.permute(0, 2, 3, 1)[..., None]
     return y.reshape(batch, nc * Q, H, P)[:, :L], final
 
 
@@ -232,7 +252,7 @@ def ssd_torch(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, i
     """The chunked SSD path (any device): same arguments and returns as ``ssd_ref``; autograd backward.
 
     Memory is O(B * H * L * chunk_size) for the in-chunk decay masks plus O(B * L / chunk_size * H * P * N) for the
-    chunk states. With a window the chunks are ``window`` positions long (unless window >= L, which is no window).
+    chunk states, with or without a window (a window >= L is no window).
     """
     cdt = _compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
     L = x.shape[1]
@@ -240,7 +260,7 @@ def ssd_torch(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, i
         window = None
     dtp = _step_size(dt, dt_bias, dt_softplus, cdt)
     h0 = initial_states.to(cdt) if initial_states is not None else None
-    Q = window if window is not None else min(chunk_size, L)
+    Q = min(chunk_size, L)
     y, final = _ssd_chunked(x.to(cdt), dtp, A.to(cdt), B.to(cdt), C.to(cdt), h0, Q, window)
     y = _skip_and_gate(y, x, D, z, cdt).to(x.dtype)
     return (y, final) if return_final_states else y

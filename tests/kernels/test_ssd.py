@@ -210,22 +210,23 @@ def test_torch_long_chunk_with_strong_decay_float32():
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("r", [1, 3, 4, 8, 12, 40])
-@pytest.mark.parametrize("L", [7, 13])
-def test_torch_window_matches_ref(L, r):
-    """Forward and backward of the windowed chunked path against the windowed loop."""
-    c = Case(2, L, 4, 3, 2, 5, 4, "H", True, False, True)
+@pytest.mark.parametrize("r", [1, 3, 4, 5, 8, 12, 40])
+@pytest.mark.parametrize("L, chunk", [(7, 64), (13, 4), (29, 3)], ids=["L7-Q64", "L13-Q4", "L29-Q3"])
+def test_torch_window_matches_ref(L, chunk, r):
+    """Forward and backward of the windowed chunked path against the windowed loop: windows inside one chunk,
+    equal to it, straddling chunk boundaries and spanning several whole chunks."""
+    c = Case(2, L, 4, 3, 2, 5, chunk, "H", True, False, True)
     x = _inputs(c)
     del x["initial_states"]
 
     def run(impl):
         leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in x.items()}
-        y = ssd_mod.ssd(**leaves, dt_softplus=True, window=r, impl=impl)
+        y = ssd_mod.ssd(**leaves, dt_softplus=True, window=r, chunk_size=chunk, impl=impl)
         y.mul(torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype)).sum().backward()
         return {"y": y, **{"d" + k: v.grad for k, v in leaves.items() if v is not None}}
 
     got, want = run("torch"), run("ref")
-    assert_close(got, want, 1e-10, by="max", label=f"L{L}-r{r}")
+    assert_close(got, want, 1e-10, by="max", label=f"L{L}-Q{chunk}-r{r}")
 
 
 def test_window_refuses_states_and_triton():
