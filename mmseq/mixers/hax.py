@@ -23,10 +23,20 @@ log sigmoid(s_j) - sg(log sigmoid(s_j)), zero in value, so the output is exactly
 score receives the gradient of a sigmoid gate on the key's weight. ``select_all=True`` (or top_k >= L) makes
 every causal key selected: full causal attention with the same projections.
 
-Cost (the masked path implemented here): queries run in blocks of ``block`` rows against all earlier keys, so
-time is O(L^2 * H * P) like full attention and peak memory O(block * L * H) for scores and masks, never L x L at
-once (a bucket-sorted, chunked path would bring LSH to O(L * L / n_buckets) and is not implemented). Each
-block's top-k runs over its rows' prefixes: O(block * L) per block.
+Two paths compute the same thing (``impl``; outputs and gradients agree to rounding):
+
+- "mask": queries in blocks of ``block`` rows against all earlier keys under an explicit mask: time
+  O(L^2 * H * P) like full attention, peak memory O(block * L * H), never L x L at once. The reference, and
+  what ``step`` runs for its one row.
+- "bucketed" (``bucketed_attention``): the allowed keys split into disjoint parts, each a partial softmax, merged
+  at the end: the own key; per round, the bucket's earlier keys (keys sorted by (bucket, position), queries in
+  blocks against the union of their buckets' ranges); the selected keys outside every bucket (a running
+  top-(K+1) of earlier scores gives each query its threshold and K keys, gathered). Time about
+  O(L * (L / n_buckets + block + K) * H * P) per round for balanced buckets, up to O(L^2) when one bucket holds
+  most keys; memory O(block * (largest bucket + block + K) * H). When scores tie at a threshold it returns
+  None and the masked path runs.
+
+``impl=None`` takes "bucketed" once L exceeds one block (and selection is sparse), else "mask".
 
 Streaming: the local mixer's state plus every past key/value, its bucket codes [R, B, H, t] and its score
 [B, H, t] (KS may pick any past key, so nothing can be dropped); ``step`` reproduces ``forward``. Causal only.
@@ -114,16 +124,157 @@ class HaxAttention(nn.Module):
     def merge(self, y: torch.Tensor) -> torch.Tensor:
         return self.out_proj(y.transpose(1, 2).flatten(2))  # [B, H, L, P] -> [B, L, D]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        L = x.shape[1]
-        q, k, v, qc, kc, s = self.project(x)
+    def forward_masked(self, q, k, v, qc, kc, s) -> torch.Tensor:
+        """The masked path: blocks of query rows against all earlier keys. -> [B, H, L, P]."""
+        L = q.shape[2]
         outs = []
         for i0 in range(0, L, self.block):  # a block of queries needs only the keys up to its last row
             i1 = min(L, i0 + self.block)
-            rows = torch.arange(i0, i1, device=x.device)
+            rows = torch.arange(i0, i1, device=q.device)
             outs.append(self.attend(q[:, :, i0:i1], qc[..., i0:i1], rows, k[:, :, :i1], v[:, :, :i1],
                                     kc[..., :i1], s[..., :i1]))
-        return self.merge(torch.cat(outs, dim=2).to(x.dtype))
+        return torch.cat(outs, dim=2)
+
+    def forward(self, x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]. impl: "mask", "bucketed" or None (bucketed once L exceeds one block and the
+        selection is sparse); the bucketed path falls back to the masked one when scores tie at a threshold."""
+        L = x.shape[1]
+        q, k, v, qc, kc, s = self.project(x)
+        impl = impl or ("bucketed" if L > self.block else "mask")
+        y = None
+        if impl == "bucketed" and not self.select_all and self.top_k < L:
+            y = bucketed_attention(q, k, v, qc, kc, s, top_k=self.top_k, block=self.block)
+        if y is None:
+            y = self.forward_masked(q, k, v, qc, kc, s)
+        return self.merge(y.to(x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bucketed path: the same attention as ``HaxAttention.attend``, computed from sorted buckets and gathered keys
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _partial(logits: torch.Tensor, allowed: torch.Tensor, values: torch.Tensor, eq: str):
+    """One disjoint part of a softmax: (row max m, sum of exp(logit - m), sum of exp(logit - m) * v).
+
+    The max only stabilises (the merged result does not depend on it), so it is detached; rows with no key
+    get m = -inf and zero sums."""
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    m = logits.detach().amax(-1)
+    e = torch.exp(logits - torch.where(torch.isfinite(m), m, 0.0)[..., None])
+    return m, e.sum(-1), torch.einsum(eq, e, values)
+
+
+def _st(s: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """The straight-through score term of ``attend``: zero in value, log sigmoid(s)'s gradient on selected keys."""
+    ls = F.logsigmoid(s)
+    return (ls - ls.detach()) * selected
+
+
+def bucketed_attention(q, k, v, qc, kc, s, *, top_k: int, block: int) -> torch.Tensor | None:
+    """HAX attention without an L x L score: q, k, v [B, H, L, P], codes qc, kc [R, B, H, L], scores s [B, H, L]
+    -> [B, H, L, P], or None when scores tie at some query's threshold (the caller then takes the masked path).
+
+    The allowed keys of query i split into disjoint parts, each a partial softmax merged at the end:
+    its own key; for round r, the earlier keys in its round-r bucket that share no bucket in rounds < r; and
+    the selected keys that share no bucket in any round. Buckets: keys sorted by (code, position), so the keys
+    of query i's bucket before i are one contiguous range; queries, sorted the same way, run in blocks against
+    the union of their ranges. Selection: a running top-(K+1) of the earlier scores plus the block's own gives
+    each query its threshold (the K-th score) and its K keys, gathered. Work about O(L * (L / n_buckets + block
+    + K) * P) per head and round for balanced buckets (a bucket holding most keys costs up to O(L^2)); memory
+    O(block * (largest bucket + block + K))."""
+    B, H, L, P = q.shape
+    G, R, K = B * H, qc.shape[0], top_k
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k, v = (t.reshape(G, L, P).to(dtype) for t in (q, k, v))
+    s = s.reshape(G, L).to(dtype)
+    qc, kc = qc.reshape(R, G, L), kc.reshape(R, G, L)
+    scale = P ** -0.5
+    pos = torch.arange(L, device=q.device)
+    sd = s.detach()
+
+    def take(t, idx):  # t [G, L, ...], idx [G, ...] -> t at idx
+        flat = idx.reshape(G, -1)
+        if t.dim() == 2:
+            return t.gather(1, flat).view(idx.shape)
+        return t.gather(1, flat[..., None].expand(-1, -1, t.shape[-1])).view(*idx.shape, t.shape[-1])
+
+    def any_round_match(rounds, qi, kj):  # qi [G, c, 1] or [G, c], kj [G, c, n] -> bool, same bucket in any round
+        hit = torch.zeros(kj.shape, dtype=torch.bool, device=q.device)
+        for r in rounds:
+            hit |= take(qc[r], qi).expand_as(kj) == take(kc[r], kj) if qi.dim() == 3 else \
+                take(qc[r], qi)[..., None] == take(kc[r], kj)
+        return hit
+
+    # Selection: per query its threshold tau (the K-th largest score among keys <= i) and those K keys.
+    # (top_k = 0: nothing is selected, tau = +inf.)
+    tau, parts = torch.full((G, L), float("inf"), dtype=dtype, device=q.device), []
+    if K:
+        parts_sel = []
+        buf_v = torch.full((G, K + 1), float("-inf"), dtype=dtype, device=q.device)
+        buf_i = torch.zeros(G, K + 1, dtype=torch.long, device=q.device)
+        for i0 in range(0, L, block):
+            i1 = min(L, i0 + block)
+            c, rows = i1 - i0, pos[i0:i1]
+            later = pos[None, i0:i1] > rows[:, None]  # [c, c]: key after the query
+            cand_v = torch.cat([buf_v[:, None].expand(G, c, K + 1),
+                                sd[:, None, i0:i1].expand(G, c, c).masked_fill(later, float("-inf"))], dim=-1)
+            cand_i = torch.cat([buf_i[:, None].expand(G, c, K + 1), rows[None, None].expand(G, c, c)], dim=-1)
+            top_v, top_p = cand_v.topk(K, dim=-1)
+            t = top_v[..., -1]  # [G, c]
+            # K+1 earlier candidates are kept, so more than K candidates at or above a finite tau means a tie.
+            if (torch.isfinite(t) & ((cand_v >= t[..., None]).sum(-1) > K)).any():
+                return None
+            tau[:, i0:i1] = t
+            idx = cand_i.gather(-1, top_p)  # [G, c, K]
+            rows_g = rows[None, :].expand(G, c)
+            keep = torch.isfinite(top_v) & (idx != rows[None, :, None])
+            keep &= ~any_round_match(range(R), rows_g, idx)  # those in a bucket are counted there
+            logit = torch.einsum("gcp,gckp->gck", q[:, i0:i1], take(k, idx)) * scale + _st(take(s, idx), keep)
+            parts_sel.append(_partial(logit, keep, take(v, idx), "gck,gckp->gcp"))
+            all_v = torch.cat([buf_v, sd[:, i0:i1]], dim=-1)
+            all_i = torch.cat([buf_i, rows[None].expand(G, c)], dim=-1)
+            buf_v, p_ = all_v.topk(K + 1, dim=-1)
+            buf_i = all_i.gather(-1, p_)
+        parts.append(tuple(torch.cat(xs, dim=1) for xs in zip(*parts_sel)))
+
+    # Own key: always present, selected when its score reaches the threshold.
+    own = (q * k).sum(-1) * scale + _st(s, s.detach() >= tau)
+    e_own = torch.exp(own - own.detach())  # 1 in value, carries the own logit's gradient
+    parts.append((own.detach(), e_own, v * e_own[..., None]))
+
+    # Buckets, round by round.
+    for r in range(R):
+        comp = kc[r] * L + pos  # keys ordered by (bucket, position)
+        korder = comp.argsort(dim=-1)
+        comp_sorted = comp.gather(1, korder)
+        lo = torch.searchsorted(comp_sorted, qc[r] * L)  # first key of the query's bucket
+        hi = torch.searchsorted(comp_sorted, qc[r] * L + pos)  # past its last key before the query
+        qorder = (qc[r] * L + pos).argsort(dim=-1)
+        lo_s, hi_s = lo.gather(1, qorder), hi.gather(1, qorder)
+        ms, ls_, os_ = [], [], []
+        for c0 in range(0, L, block):
+            c1 = min(L, c0 + block)
+            qi = qorder[:, c0:c1]  # [G, c] query positions
+            base = lo_s[:, c0:c1].amin(-1)
+            span = int((hi_s[:, c0:c1].amax(-1) - base).clamp_min(1).max())
+            ks = base[:, None] + torch.arange(span, device=q.device)  # [G, span] sorted slots (some past L)
+            allowed = (ks[:, None, :] >= lo_s[:, c0:c1, None]) & (ks[:, None, :] < hi_s[:, c0:c1, None])
+            kj = korder.gather(1, ks.clamp_max(L - 1))  # key positions
+            if r:
+                allowed &= ~any_round_match(range(r), qi[..., None], kj[:, None, :].expand(-1, c1 - c0, -1))
+            sel = take(s, kj).detach()[:, None, :] >= take(tau, qi)[..., None]
+            logit = take(q, qi) @ take(k, kj).transpose(-1, -2) * scale + _st(take(s, kj)[:, None, :], sel)
+            m, l_, o = _partial(logit, allowed, take(v, kj), "gcn,gnp->gcp")
+            ms.append(m), ls_.append(l_), os_.append(o)
+        m, l_, o = torch.cat(ms, 1), torch.cat(ls_, 1), torch.cat(os_, 1)
+        inv = qorder.argsort(dim=-1)  # back to position order
+        parts.append((m.gather(1, inv), l_.gather(1, inv), o.gather(1, inv[..., None].expand(-1, -1, P))))
+
+    M = torch.stack([p_[0] for p_ in parts]).amax(0)  # finite: every row has its own key
+    num = sum(torch.exp(m - M)[..., None] * o for m, _, o in parts)
+    den = sum(torch.exp(m - M) * l_ for m, l_, _ in parts)
+    return (num / den[..., None]).view(B, H, L, P)
 
 
 @dataclass
@@ -150,7 +301,8 @@ class HAX(Mixer):
         n_hashes: LSH rounds R (default 1); a key in the query's bucket in any round is seen.
         top_k: keys selected globally by score (default 8). select_all: select every causal key (full attention).
         rotary: RoPE on q / k for the scores (default False; hashing always uses the un-rotated q / k).
-        block: query rows per block of the masked attention (default 256), bounding peak memory.
+        block: query rows per block (default 256), bounding peak memory in either path.
+        impl: "mask", "bucketed" or None (bucketed once L > block); see the module docstring.
     The paper's bucket count and top-k could not be read; these defaults are this library's choice.
     """
 
@@ -160,13 +312,16 @@ class HAX(Mixer):
 
     def __init__(self, d_model: int, *, causal: bool = True, local: str = "mamba", local_hparams: dict | None = None,
                  n_heads: int = 4, n_buckets: int = 8, n_hashes: int = 1, top_k: int = 8, select_all: bool = False,
-                 rotary: bool = False, block: int = 256) -> None:
+                 rotary: bool = False, block: int = 256, impl: str | None = None) -> None:
         super().__init__(d_model, causal=causal)
         if not causal:
             raise ValueError("hax is causal only (causal=False is not supported)")
         for name, value, low in (("n_heads", n_heads, 1), ("n_buckets", n_buckets, 1), ("n_hashes", n_hashes, 1),
                                  ("top_k", top_k, 0), ("block", block, 1)):
             check_int(name, value, low)
+        if impl not in (None, "mask", "bucketed"):
+            raise ValueError(f"impl must be 'mask', 'bucketed' or None, got {impl!r}")
+        self.impl = impl
         self.norm1 = nn.RMSNorm(d_model)
         self.local = build_local_mixer("hax", local, d_model, local_hparams)
         self.norm2 = nn.RMSNorm(d_model)
@@ -177,7 +332,7 @@ class HAX(Mixer):
         if context is not None:
             raise ValueError("hax is a self mixer; it takes no context")
         h = x + self.local(self.norm1(x))
-        return h + self.attn(self.norm2(h)) - x
+        return h + self.attn(self.norm2(h), impl=self.impl) - x
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> HaxState:
         p = self.attn.q_proj.weight

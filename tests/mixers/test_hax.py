@@ -8,6 +8,7 @@ import torch
 
 from mmseq.mixers import create_mixer
 from mmseq.mixers.base import stream
+from mmseq.mixers.hax import bucketed_attention
 from tests.mixers._attention_ref import merge, project, rotate
 
 D = 16
@@ -129,6 +130,42 @@ def test_step_matches_forward_across_blocks(kw):
     assert state.k.shape[2] == L and state.codes.shape == (kw.get("n_hashes", 1), 2, 2, L)
 
 
+def _attn_and_grads(m, a, impl):
+    m.zero_grad()
+    y = m.attn(a, impl=impl)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    return y.detach(), {n: p.grad.clone() for n, p in m.attn.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_hashes": 3, "n_buckets": 8, "top_k": 1}, {"rotary": True, "n_buckets": 2},
+                                {"top_k": 0, "n_hashes": 2}],
+                         ids=["default", "three_rounds", "rotary_two_buckets", "no_selection"])
+def test_bucketed_path_equals_masked_path(kw):
+    """Several blocks of queries (L = 31, block = 6), several buckets per block: outputs and every gradient."""
+    m = _build(**kw)
+    x = torch.randn(2, 31, D, dtype=torch.float64)
+    a = _attention_input(m, x)[1].detach()
+    q, k, v, qc, kc, s = m.attn.project(a)
+    assert bucketed_attention(q, k, v, qc, kc, s, top_k=m.attn.top_k, block=6) is not None  # no tie: it ran
+    y_b, g_b = _attn_and_grads(m, a, "bucketed")
+    y_m, g_m = _attn_and_grads(m, a, "mask")
+    torch.testing.assert_close(y_b, y_m, rtol=1e-12, atol=1e-12)
+    assert g_b.keys() == g_m.keys()
+    assert bool(g_b["score_proj.weight"].abs().sum() > 0) == (m.attn.top_k > 0)  # scores learn only if selecting
+    for name in g_b:
+        torch.testing.assert_close(g_b[name], g_m[name], rtol=1e-10, atol=1e-12, msg=lambda e, n=name: f"{n}: {e}")
+
+
+def test_bucketed_path_hands_ties_to_the_masked_path():
+    m = _build(top_k=2)
+    with torch.no_grad():
+        m.attn.score_proj.weight.zero_()
+    a = _attention_input(m, torch.randn(1, 20, D, dtype=torch.float64))[1]
+    q, k, v, qc, kc, s = m.attn.project(a)
+    assert bucketed_attention(q, k, v, qc, kc, s, top_k=2, block=6) is None
+    torch.testing.assert_close(m.attn(a, impl="bucketed"), m.attn(a, impl="mask"), rtol=0, atol=0)
+
+
 def test_hax_rejects_bad_config():
     with pytest.raises(ValueError, match="n_buckets"):
         create_mixer("hax", D, n_buckets=3)
@@ -136,3 +173,5 @@ def test_hax_rejects_bad_config():
         create_mixer("hax", D, top_k=-1)
     with pytest.raises(ValueError, match="causal"):
         create_mixer("hax", D, causal=False)
+    with pytest.raises(ValueError, match="impl"):
+        create_mixer("hax", D, impl="sparse")
