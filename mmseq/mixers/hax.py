@@ -31,10 +31,11 @@ Two paths compute the same thing (``impl``; outputs and gradients agree to round
 - "bucketed" (``bucketed_attention``): the allowed keys split into disjoint parts, each a partial softmax, merged
   at the end: the own key; per round, the bucket's earlier keys (keys sorted by (bucket, position), queries in
   blocks against the union of their buckets' ranges); the selected keys outside every bucket (a running
-  top-(K+1) of earlier scores gives each query its threshold and K keys, gathered). Time about
-  O(L * (L / n_buckets + block + K) * H * P) per round for balanced buckets, up to O(L^2) when one bucket holds
-  most keys; memory O(block * (largest bucket + block + K) * H). When scores tie at a threshold it returns
-  None and the masked path runs.
+  top-(K+1) of earlier scores gives each query its threshold and K keys, gathered). A block of sorted queries
+  scores the key range of the buckets it touches, about 2L / n_buckets keys when buckets are balanced and
+  larger than a block: time about O(L * (L / n_buckets + block + K) * H * P) per round, memory
+  O(block * (L / n_buckets + block + K) * H); a bucket holding most keys costs up to O(L^2) time (memory stays
+  O(block * L * H)). When scores tie at a threshold it returns None and the masked path runs.
 
 ``impl=None`` takes "bucketed" once L exceeds one block (and selection is sparse), else "mask".
 
@@ -180,9 +181,7 @@ def bucketed_attention(q, k, v, qc, kc, s, *, top_k: int, block: int) -> torch.T
     the selected keys that share no bucket in any round. Buckets: keys sorted by (code, position), so the keys
     of query i's bucket before i are one contiguous range; queries, sorted the same way, run in blocks against
     the union of their ranges. Selection: a running top-(K+1) of the earlier scores plus the block's own gives
-    each query its threshold (the K-th score) and its K keys, gathered. Work about O(L * (L / n_buckets + block
-    + K) * P) per head and round for balanced buckets (a bucket holding most keys costs up to O(L^2)); memory
-    O(block * (largest bucket + block + K))."""
+    each query its threshold (the K-th score) and its K keys, gathered. Costs: see the module docstring."""
     B, H, L, P = q.shape
     G, R, K = B * H, qc.shape[0], top_k
     dtype = torch.promote_types(q.dtype, torch.float32)
