@@ -189,7 +189,7 @@ class SeqBoat(Mixer):
     # pieces shared by every path
     # ------------------------------------------------------------------------------------------------------
 
-    def _front(self, x: torch.Tensor, s: torch.Tensor):
+    def _front(self, s: torch.Tensor):
         """s = SiLU(EMA(norm(x))) -> hx, the router's g = max pi, and the active mask (force_active applied)."""
         u, hx = self.hx_proj(s).split([2, self.d_model], dim=-1)
         dtype = _compute_dtype(u)
@@ -287,7 +287,7 @@ class SeqBoat(Mixer):
         if context is not None:
             raise ValueError("seqboat is a self mixer; it takes no context")
         s = F.silu(self.ema(self.norm(x)))
-        hx, g, active = self._front(x, s)
+        hx, g, active = self._front(s)
         self.last_activation_rate = active.float().mean().detach()
         h = self._gau_dense(s, active) if dense else self._gau_compressed(s, active)
         return F.silu(hx + h * g[..., None].to(h.dtype) + x)
@@ -319,7 +319,7 @@ class SeqBoat(Mixer):
         then joins the cache (dropping the oldest); an inactive one leaves the cache as it was."""
         e, ema = self.ema.step(self.norm(x_t), state.ema)
         s = F.silu(e)
-        hx, g, active = self._front(x_t, s)
+        hx, g, active = self._front(s)
         q, k, v, r = self._gau_inputs(s)
         t = state.t
         keys = torch.cat([state.k, k[:, None].to(state.k.dtype)], dim=1)  # [B, w + 1, Z]
