@@ -5,6 +5,7 @@ The registry-wide contract (tests/mixers/test_contract.py) already covers shape,
 forward with the default options, and bf16 autocast.
 """
 
+import importlib
 import math
 
 import pytest
@@ -14,6 +15,12 @@ import torch.nn.functional as F
 from mmseq.mixers import create_mixer
 from mmseq.mixers.base import stream
 from mmseq.mixers.mamba2 import Mamba2Mixer
+from tests.kernels._helpers import DEVICE, marked, triton_marks
+
+_ssd = importlib.import_module("mmseq.kernels.ssd")
+_conv = importlib.import_module("mmseq.kernels.causal_conv1d")
+TRITON = triton_marks(_ssd._ssd_fwd_kernel, _ssd._ssd_bwd_kernel, _conv._causal_conv1d_fwd_kernel,
+                      _conv._causal_conv1d_bwd_kernel)
 
 SMALL = {"d_state": 4, "headdim": 4, "expand": 2, "ngroups": 2, "chunk_size": 4}
 
@@ -133,6 +140,34 @@ def test_window_longer_than_sequence_is_no_window():
     torch.manual_seed(1)
     windowed = create_mixer("mamba2", 16, **SMALL, state_window=9).double()(x)
     torch.testing.assert_close(windowed, base, rtol=1e-12, atol=1e-12)
+
+
+@marked(TRITON)
+def test_triton_impl_matches_ref():
+    """impl="triton" (the interpreter without a GPU) against impl="ref": output and every gradient."""
+    x = torch.randn(1, 6, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
+    res = {}
+    for impl in ("triton", "ref"):
+        torch.manual_seed(0)
+        m = create_mixer("mamba2", 8, **SMALL, impl=impl).double().to(DEVICE)
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.square().sum().backward()
+        res[impl] = {"y": y, "dx": xi.grad, **{n: p.grad for n, p in m.named_parameters()}}
+    for name, want in res["ref"].items():
+        torch.testing.assert_close(res["triton"][name], want, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@marked(TRITON)
+def test_triton_impl_with_window_runs_the_torch_scan():
+    """The Triton scan takes no window: the mixer runs the torch one for it (and the Triton conv)."""
+    x = torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
+    outs = []
+    for impl in ("triton", "ref"):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            outs.append(create_mixer("mamba2", 16, **SMALL, state_window=3, impl=impl).double().to(DEVICE)(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("kw, msg", [
