@@ -82,7 +82,7 @@ EXPECTED = {
     "scout": ("L^2 / segment (checkpoint attn)", 2.0),
     "seqboat": ("linear (local attn on active tokens)", 1.0),
     "memmamba": ("linear (scan + fixed note pools)", 1.0),
-    "hax": ("see hax.py (LSH + selected keys)", float("nan")),
+    "hax": ("L^2 / n_buckets (LSH + selected keys)", 2.0),
     "sambay": ("quadratic (one full attn layer)", 2.0),
 }
 
