@@ -44,7 +44,7 @@ triton, tl = load_triton()  # stand-ins without Triton: the module imports, impl
 
 __all__ = ["cauchy", "cauchy_ref", "cauchy_torch"]
 
-_TORCH_BLOCK_ELEMS = 1 << 21  # complex entries of one [rows, N, Lb] slab on the torch path (32 MiB in complex128)
+_TORCH_BLOCK_ELEMS = 1 << 18  # complex entries of one [rows, N, Lb] slab on the torch path (4 MiB in complex128)
 
 
 def _complex_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -77,15 +77,18 @@ def _node_blocks(rows: int, N: int, L: int):
 
 
 class _CauchyTorchFn(torch.autograd.Function):
-    """v, w [R, N] (same dtype, complex), z [L] -> out [R, L]."""
+    """v, w [R, N] (same dtype, complex), z [L] -> out [R, L]. Each block's slab 1/(z - w) [R, N, Lb] is built in
+    place and contracted over N (forward) or L (backward) by batched matrix products."""
 
     @staticmethod
     def forward(ctx, v, z, w):
         R, N = v.shape
         L = z.shape[0]
         out = torch.empty(R, L, dtype=v.dtype, device=v.device)
+        vr = v[:, None, :]  # [R, 1, N]
         for sl in _node_blocks(R, N, L):
-            out[:, sl] = (v[:, :, None] / (z[sl] - w[:, :, None])).sum(1)
+            inv = (z[sl] - w[:, :, None]).reciprocal_()  # [R, N, Lb]
+            out[:, sl] = torch.bmm(vr, inv)[:, 0]
         ctx.save_for_backward(v, z, w)
         return out
 
@@ -95,21 +98,23 @@ class _CauchyTorchFn(torch.autograd.Function):
         R, N = v.shape
         L = z.shape[0]
         need_v, need_z, need_w = ctx.needs_input_grad
-        gv = torch.zeros_like(v) if need_v else None
-        s2 = torch.zeros_like(v) if need_w else None  # sum_l g conj(1/d)^2; grad_w = conj(v) * s2
+        gc = g.conj()[:, :, None]  # [R, L, 1]
+        # sum_l g conj(x) = conj(sum_l conj(g) x): the products below take the slab as it is
+        sv = torch.zeros(R, N, 1, dtype=v.dtype, device=v.device) if need_v else None  # conj of grad_v
+        s2 = torch.zeros(R, N, 1, dtype=v.dtype, device=v.device) if need_w else None  # sum_l conj(g) / d^2
         gz = torch.empty_like(z) if need_z else None
         for sl in _node_blocks(R, N, L):
-            ci = (1 / (z[sl] - w[:, :, None])).conj()  # [R, N, Lb]
-            gb = g[:, None, sl]  # [R, 1, Lb]
+            inv = (z[sl] - w[:, :, None]).reciprocal_()  # [R, N, Lb]
             if need_v:
-                gv += (gb * ci).sum(-1)
+                sv += torch.bmm(inv, gc[:, sl])
             if need_w or need_z:
-                ci2 = ci * ci
+                inv2 = inv.square_()
                 if need_w:
-                    s2 += (gb * ci2).sum(-1)
+                    s2 += torch.bmm(inv2, gc[:, sl])
                 if need_z:
-                    gz[sl] = -(gb * ci2 * v.conj()[:, :, None]).sum((0, 1))
-        gw = v.conj() * s2 if need_w else None
+                    gz[sl] = -(g[:, sl] * torch.bmm(v[:, None, :], inv2)[:, 0].conj()).sum(0)
+        gv = sv[..., 0].conj() if need_v else None
+        gw = (v * s2[..., 0]).conj() if need_w else None  # conj(v) * sum_l g conj(1/d^2)
         return gv, gz, gw
 
 
