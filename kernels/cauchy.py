@@ -23,9 +23,10 @@ conjugate of the derivative, i.e. with g = d loss / d out
 Paths (``impl=``):
 - "ref": broadcast ``v[..., :, None] / (z - w[..., :, None])`` and sum over N; materialises [..., N, L];
   autograd; the ground truth.
-- "torch": the same sum over blocks of nodes, each block's [..., N, Lb] slab freed before the next, with a
-  hand-written backward that recomputes the slabs block by block, so memory stays at O(rows * N * Lb) and never
-  [..., N, L] (``_TORCH_BLOCK_ELEMS`` elements per slab).
+- "torch": the same sum over blocks of nodes: each block's slab 1/(z - w) [rows, N, Lb] is built in place,
+  contracted over N by a batched matrix product and freed before the next; a hand-written backward recomputes
+  the slabs block by block (contracting over L), so memory stays at O(rows * N * Lb), never [..., N, L]
+  (``_TORCH_BLOCK_ELEMS`` entries per slab).
 - "triton": complex numbers as (re, im) pairs of float32 (float64 for complex128). The forward runs one program
   per (row, block of BL nodes) and loops over N in blocks of BN; the backward one program per (row, block of BN
   terms) looping over L, accumulating sum_l g conj(1/d) and sum_l g conj(1/d)^2 (then grad_w = conj(v) times
