@@ -97,6 +97,17 @@ def aux_loss(model: nn.Module) -> torch.Tensor | float:
     return torch.stack([x.float() for x in losses]).sum() if losses else 0.0
 
 
+def mixer_metrics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The diagnostics the mixers inside ``model`` report for their last forward (``last_metrics``, a dict of
+    scalars, e.g. SeqBoat's ``activation_rate``), each averaged over the mixers that report it. The runner
+    logs them as ``train/<name>``, ``val/<name>`` and ``test/<name>``."""
+    found: dict[str, list[torch.Tensor]] = {}
+    for m in model.modules():
+        for name, value in (getattr(m, "last_metrics", None) or {}).items():
+            found.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float32).detach().cpu())
+    return {name: torch.stack(values).mean() for name, values in found.items()}
+
+
 def stream(mixer: Mixer, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
     """Feed x [B, L, D] to ``mixer.step`` one token at a time; returns (y [B, L, D], final state)."""
     outs = []

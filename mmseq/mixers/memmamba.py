@@ -166,6 +166,7 @@ class MemMambaMixer(Mixer):
             pools.append(pool)
             valids.append(valid)
         self.last_note_rate = torch.stack(rates).mean().detach()
+        self.last_metrics = {"note_rate": self.last_note_rate}
         return h - x
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> list[MemMambaLayerState]:

@@ -289,6 +289,7 @@ class SeqBoat(Mixer):
         s = F.silu(self.ema(self.norm(x)))
         hx, g, active = self._front(s)
         self.last_activation_rate = active.float().mean().detach()
+        self.last_metrics = {"activation_rate": self.last_activation_rate}
         h = self._gau_dense(s, active) if dense else self._gau_compressed(s, active)
         return F.silu(hx + h * g[..., None].to(h.dtype) + x)
 

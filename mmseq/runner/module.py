@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchmetrics import Metric
 
-from mmseq.mixers.base import aux_loss
+from mmseq.mixers.base import aux_loss, mixer_metrics
 
 from .config import OptimConfig
 from .optim import build_optimizer
@@ -71,13 +71,20 @@ class TaskModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self.loss(self.forward_batch(batch, "train"), batch) + aux_loss(self.model)
         self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch))
+        self._log_mixer_metrics("train", batch)
         return loss
+
+    def _log_mixer_metrics(self, stage: str, batch) -> None:
+        """What the mixers report of their last forward (e.g. SeqBoat's activation rate), as stage metrics."""
+        for name, value in mixer_metrics(self.model).items():
+            self.log(f"{stage}/{name}", value, sync_dist=stage != "train", batch_size=self.batch_size_of(batch))
 
     def _eval_step(self, batch, stage: str) -> None:
         outputs = self.forward_batch(batch, stage)
         self.log(f"{stage}/loss", self.loss(outputs, batch), prog_bar=stage == "val", sync_dist=True,
                  batch_size=self.batch_size_of(batch))
         self.update_metrics(self.metrics_for(stage), outputs, batch)
+        self._log_mixer_metrics(stage, batch)
 
     def metrics_for(self, stage: str) -> dict[str, Metric]:
         """The metric instances of ``stage`` (val or test) by name."""
