@@ -39,13 +39,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mmseq.kernels import fft_conv
 from mmseq.kernels.cauchy import cauchy
 
-from .base import Mixer, register_mixer
+from .base import register_mixer
+from .s4d import SSMConvolution
 
 # ----------------------------------------------------------------------------------------------------------
 # HiPPO-LegS and its normal plus low-rank form
@@ -165,7 +164,7 @@ def s4_kernel(dt: torch.Tensor, Lam: torch.Tensor, P: torch.Tensor, B: torch.Ten
 
 
 @register_mixer("s4")
-class S4Mixer(Mixer):
+class S4Mixer(SSMConvolution):
     """S4 (DPLR) block: SSM convolution + D skip -> GELU -> dropout -> output linear (H -> 2H, GLU).
 
     x: [B, L, D] -> [B, L, D], any L (the kernel is built for the input's length).
@@ -242,36 +241,6 @@ class S4Mixer(Mixer):
         # Complex arithmetic and the matrix powers stay out of autocast: low precision here ruins long kernels.
         with torch.autocast(self.log_dt.device.type, enabled=False):
             return s4_kernel(*self.ssm(), L)
-
-    def _head(self, y: torch.Tensor) -> torch.Tensor:
-        """[..., H] after the convolution -> [..., H]: GELU, dropout, output linear (and GLU)."""
-        y = self.out_proj(self.dropout(F.gelu(y)))
-        return F.glu(y, dim=-1) if self.glu else y
-
-    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_input(x)
-        L, H = x.shape[1], self.d_model
-        u = x.transpose(1, 2)  # [B, H, L]
-        k = self.kernel(L)
-        if self.causal:
-            y = fft_conv(u, k[0], self.D)
-        else:
-            # One causal convolution over 2H channels: the input and its time reversal; the future kernel is
-            # delayed by one step so that u[t] is counted once (by k0[0] and D).
-            k_future = F.pad(k[1], (1, 0))[:, :L]
-            z = fft_conv(torch.cat([u, u.flip(-1)], dim=1), torch.cat([k[0], k_future], dim=0))
-            y = z[:, :H] + z[:, H:].flip(-1) + u * self.D[:, None].to(u.dtype)
-        return self._head(y.transpose(1, 2))
-
-    # -- streaming --------------------------------------------------------------------------------------------
-
-    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        """Zero complex state [B, H, N/2] (complex128 for float64, else complex64)."""
-        if not self.causal:
-            raise NotImplementedError("step() needs a causal s4 mixer (the bidirectional kernel reads the future)")
-        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        device = device if device is not None else self.log_dt.device
-        return torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device, dtype=cdtype)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t: [B, D] -> y_t: [B, D]; state [B, H, N/2] complex: h = Abar h + Bbar u, y = 2 Re(C h) + D u.

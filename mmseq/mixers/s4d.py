@@ -56,8 +56,51 @@ def s4d_kernel(log_dt: torch.Tensor, A: torch.Tensor, C: torch.Tensor, L: int) -
     return 2 * torch.einsum("khn,hnl->khl", CB, vander).real
 
 
+class SSMConvolution(Mixer):
+    """What S4 and S4D share: y = head(K * u + D u) with the kernel K of ``self.kernel(L)``, the S4 repository's
+    bidirectional rule, and a zero complex state [B, H, N/2] for ``step``.
+
+    Subclasses set ``d_state``, ``D`` [H], ``log_dt``, ``dropout``, ``glu`` and ``out_proj`` and define
+    ``kernel(L) -> [n_kernels, H, L]`` and ``step``.
+    """
+
+    def _head(self, y: torch.Tensor) -> torch.Tensor:
+        """[..., H] after the convolution -> [..., H]: GELU, dropout, output linear (and GLU)."""
+        y = self.out_proj(self.dropout(F.gelu(y)))
+        return F.glu(y, dim=-1) if self.glu else y
+
+    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(x)
+        L, H = x.shape[1], self.d_model
+        u = x.transpose(1, 2)  # [B, H, L]
+        k = self.kernel(L)
+        if self.causal:
+            y = fft_conv(u, k[0], self.D)
+        else:
+            # One causal convolution over 2H channels: the input and its time reversal; the future kernel is
+            # delayed by one step so that u[t] is counted once (by k0[0] and D).
+            k_future = F.pad(k[1], (1, 0))[:, :L]
+            z = fft_conv(torch.cat([u, u.flip(-1)], dim=1), torch.cat([k[0], k_future], dim=0))
+            y = z[:, :H] + z[:, H:].flip(-1) + u * self.D[:, None].to(u.dtype)
+        return self._head(y.transpose(1, 2))
+
+    # -- streaming --------------------------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        """Zero complex state [B, H, N/2] (complex128 for float64, else complex64)."""
+        if not self.causal:
+            raise NotImplementedError(
+                f"step() needs a causal {self.mixer_name} mixer (the bidirectional kernel reads the future)")
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        device = device if device is not None else self.log_dt.device
+        return torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device, dtype=cdtype)
+
+    def kernel(self, L: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
 @register_mixer("s4d")
-class S4DMixer(Mixer):
+class S4DMixer(SSMConvolution):
     """Diagonal S4 block: SSM convolution + D skip -> GELU -> dropout -> output linear (H -> 2H, GLU).
 
     x: [B, L, D] -> [B, L, D], any L (the kernel is built for the input's length).
@@ -120,36 +163,6 @@ class S4DMixer(Mixer):
         # Complex exponentials stay out of autocast: low precision here ruins long kernels.
         with torch.autocast(self.log_dt.device.type, enabled=False):
             return s4d_kernel(self.log_dt, self._A(), torch.view_as_complex(self.C), L)
-
-    def _head(self, y: torch.Tensor) -> torch.Tensor:
-        """[..., H] after the convolution -> [..., H]: GELU, dropout, output linear (and GLU)."""
-        y = self.out_proj(self.dropout(F.gelu(y)))
-        return F.glu(y, dim=-1) if self.glu else y
-
-    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_input(x)
-        L, H = x.shape[1], self.d_model
-        u = x.transpose(1, 2)  # [B, H, L]
-        k = self.kernel(L)
-        if self.causal:
-            y = fft_conv(u, k[0], self.D)
-        else:
-            # One causal convolution over 2H channels: the input and its time reversal; the future kernel is
-            # delayed by one step so that u[t] is counted once (by k0[0] and D).
-            k_future = F.pad(k[1], (1, 0))[:, :L]
-            z = fft_conv(torch.cat([u, u.flip(-1)], dim=1), torch.cat([k[0], k_future], dim=0))
-            y = z[:, :H] + z[:, H:].flip(-1) + u * self.D[:, None].to(u.dtype)
-        return self._head(y.transpose(1, 2))
-
-    # -- streaming --------------------------------------------------------------------------------------------
-
-    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        """Zero complex state [B, H, N/2] (complex128 for float64, else complex64)."""
-        if not self.causal:
-            raise NotImplementedError("step() needs a causal s4d mixer (the bidirectional kernel reads the future)")
-        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        device = device if device is not None else self.log_dt.device
-        return torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device, dtype=cdtype)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t: [B, D] -> y_t: [B, D]; state [B, H, N/2] complex: s = dA s + dB u, y = 2 Re(C s) + D u."""
