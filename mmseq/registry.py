@@ -9,6 +9,13 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+def unknown_name_message(kind: str, name: object, names: list[str], choose: str = "choose one of") -> str:
+    """One line for a name that is not one of ``names``: what was given, the closest valid name, all of them."""
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}; {choose}: {', '.join(names)}"
+
+
 class UnknownNameError(ValueError):
     """A name that is not in a registry; the message lists the valid names (one line, no quotes around it)."""
 
@@ -38,10 +45,7 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def unknown_message(self, name: str) -> str:
-        names = sorted(self._entries)
-        close = difflib.get_close_matches(str(name), names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(names)}"
+        return unknown_name_message(self.kind, name, sorted(self._entries))
 
     def names(self) -> list[str]:
         return sorted(self._entries)

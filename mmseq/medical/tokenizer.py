@@ -23,7 +23,6 @@ exact: every latent sees its full causal receptive field.
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmseq.registry import unknown_name_message
 from mmseq.runner.pretrained import PretrainedMixin
 
 from .causal3d import (
@@ -444,9 +444,7 @@ def _blend_weights(h: int, w: int, mode: str, device) -> torch.Tensor:
 
 def _preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:
-        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown CT tokenizer preset {name!r}{hint}; choose one of: {', '.join(PRESETS)}")
+        raise ValueError(unknown_name_message("CT tokenizer preset", name, list(PRESETS)))
     return {k: list(v) if isinstance(v, list) else v for k, v in PRESETS[name].items()}
 
 

@@ -86,12 +86,9 @@ def get_task(name: str) -> type[Task]:
 
 
 def _unknown_task(name: object) -> str:
-    import difflib
+    from mmseq.registry import unknown_name_message
 
-    names = task_names()
-    close = difflib.get_close_matches(str(name), names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown task {name!r}{hint}; choose one of: {', '.join(names)}"
+    return unknown_name_message("task", name, task_names())
 
 
 def load_task(raw: dict, overrides: list[str] | None = None, source: str = "config") -> Task:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mmseq.errors import UserError
+from mmseq.registry import unknown_name_message
 
 # The trunk and optimizer every cell shares (the suite's configs: configs/synthetic/mqar_attention.yaml).
 LR = 3.0e-3
@@ -136,11 +137,7 @@ DNA_TASKS = ("dna-pretrain", "dna-classify")
 
 
 def _unknown(kind: str, name: str, names: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {name!r}{hint}; choose from: {', '.join(names)}"
+    return unknown_name_message(kind, name, names, choose="choose from")
 
 
 # ----------------------------------------------------------------------------------------------------------
