@@ -235,7 +235,7 @@ def spec_from_args(args: argparse.Namespace) -> GridSpec:
 
     from mmseq.mixers import list_mixers
 
-    mixers = _names(args.mixers, "--mixers")
+    mixers = list_mixers() if args.mixers.strip() == "all" else _names(args.mixers, "--mixers")
     for name in mixers:
         if name not in list_mixers():
             raise UserError(f"--mixers: {_unknown('mixer', name, list_mixers())}")
@@ -586,7 +586,8 @@ def add_command(bench: argparse._SubParsersAction) -> None:
                     "(through the runner, as `mmseq train`), writing DIR/results.csv, results.md and heatmap.png. "
                     "Run again with the same arguments to continue an interrupted grid. "
                     f"A length is the number of tokens the model reads; each task sets from it: {sizes_help}.")
-    p.add_argument("--mixers", required=True, help="comma-separated mixer names, e.g. attention,mamba")
+    p.add_argument("--mixers", required=True,
+                   help="comma-separated mixer names, e.g. attention,mamba; 'all' for every registered mixer")
     p.add_argument("--tasks", required=True, help=f"comma-separated tasks: {', '.join(SUITE)}")
     p.add_argument("--lengths", required=True, help="comma-separated sequence lengths in tokens, e.g. 64,128")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the grid (new, or one to continue)")

@@ -201,3 +201,11 @@ def test_a_token_budget_sets_the_steps_per_length():
         steps[length] = raw["trainer"]["max_steps"]
         assert raw["data"]["num_train"] == steps[length] * 8  # every training sequence fresh
     assert steps == {32: 5, 128: 1}  # ceil(1000 / (8 * 31)), ceil(1000 / (8 * 127))
+
+
+def test_all_names_every_registered_mixer(tmp_path):
+    from mmseq.mixers import list_mixers
+
+    argv = ["--mixers", "all", "--tasks", "mqar", "--lengths", "32", *GRID[GRID.index("--steps"):]]
+    spec = bench.spec_from_args(bench_parser().parse_args([*argv, "--out", str(tmp_path / "bench")]))
+    assert spec.mixers == list_mixers() and {"mamba2", "s4", "sambay"} <= set(spec.mixers)
