@@ -32,7 +32,13 @@ def no_mixing(tmp_path_factory) -> dict:
     return train(tmp / "mqar.yaml", ["model.n_layers=0"], run_dir=tmp / "run")["test"]
 
 
-@pytest.mark.parametrize("name", list_mixers())
+# Stacks built from other registered mixers (their Mamba, SWA and attention layers train here in the default run)
+# take 3-8x a single mixer's time; they train in the slow run.
+STACKS = {"sambay", "memmamba", "hax", "scout"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in STACKS else n
+                                  for n in list_mixers()])
 def test_mixer_trains_on_mqar(name, tmp_path, monkeypatch, no_mixing):
     monkeypatch.delenv("MMSEQ_RUN_DIR", raising=False)
     hparams = dict(MIXERS.get(name).test_hparams)
