@@ -140,10 +140,13 @@ def test_both_objectives_score_the_path_the_same_way():
     _, targets = mlmu.forward_batch(batch, "val")
     assert (spy.seen[:, a0:] == MASK).all() and torch.equal(spy.seen[:, :a0], d["inputs"][:, :a0])
     assert torch.equal(targets, d["labels"])
-    # MLM-U training: the loss covers exactly the hidden answer tokens, the padding after <PATH_END> included
+    # MLM-U training: the padding after <PATH_END> is always hidden and never scored; the loss covers exactly the
+    # hidden path tokens and <PATH_END>
     _, targets = mlmu.forward_batch(batch, "train")
     hidden = spy.seen == MASK
-    assert torch.equal(targets != IGNORE, hidden) and torch.equal(targets[hidden], d["inputs"][hidden])
+    pad = (d["inputs"] == PAD) & (torch.arange(d["inputs"].shape[1]) >= a0)
+    assert hidden[pad].all() and torch.equal(targets != IGNORE, hidden & ~pad)
+    assert torch.equal(targets[targets != IGNORE], d["inputs"][targets != IGNORE])
 
 
 def exact_rate(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -190,3 +193,26 @@ def test_confident_first_fills_the_surest_hidden_token_each_pass():
                  if (a[i] != b[i]).any()]
         expected = sorted(hidden[i].nonzero().flatten().tolist(), key=lambda p: -float(sureness[i, p]))
         assert order == expected
+
+
+def test_left_to_right_fills_in_order_and_stops_at_path_end():
+    from mmseq.synthetic.mazes import MazeModule, fill_left_to_right
+
+    d = make_mazes(6, 3, seed=5)
+    truth, a0 = d["inputs"], path_start(3) + 1
+    masked, hidden = mlmu_mask(truth, a0, visible_rate=torch.zeros(6))
+    seen = []
+
+    def oracle(tokens: torch.Tensor) -> torch.Tensor:  # right wherever every earlier answer token is filled
+        seen.append(tokens.clone())
+        known = (tokens != MASK).cumprod(1).bool()
+        known = torch.cat([torch.ones_like(known[:, :1]), known[:, :-1]], 1)
+        return torch.nn.functional.one_hot(torch.where(known, truth, PAD), maze_vocab_size(3)).float()
+
+    out = fill_left_to_right(oracle, masked, hidden)
+    scored = d["labels"] != IGNORE
+    assert torch.equal(out[scored], truth[scored]) and torch.equal(out[:, :a0], truth[:, :a0])
+    assert (out[~scored & hidden] == MASK).all()  # nothing after <PATH_END> is written
+    assert len(seen) == int(scored.sum(1).max())  # one pass per position up to the longest answer
+    mlmu = MazeModule(_Spy(lambda t: t), {"lr": 1e-3}, 1, 3, "mlm-u", decode="left-to-right")
+    assert len(mlmu.forward_batch((d["inputs"], d["labels"]), "test")) == 3
