@@ -104,7 +104,7 @@ def mixer_metrics(model: nn.Module) -> dict[str, torch.Tensor]:
     found: dict[str, list[torch.Tensor]] = {}
     for m in model.modules():
         for name, value in (getattr(m, "last_metrics", None) or {}).items():
-            found.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float32).detach().cpu())
+            found.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float32).detach())
     return {name: torch.stack(values).mean() for name, values in found.items()}
 
 

@@ -146,7 +146,7 @@ class MemMambaMixer(Mixer):
             for i in range(n_layers)
         )
         self.d_note, self.pool_size = d_note, pool_size
-        self.last_note_rate: torch.Tensor | None = None
+        self.last_metrics: dict[str, torch.Tensor] = {}  # {"note_rate": ...} after a forward (see mixer_metrics)
 
     def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
@@ -165,8 +165,7 @@ class MemMambaMixer(Mixer):
                 h = h + layer.cross_layer(u, torch.cat(pools, dim=2), torch.cat(valids, dim=2))
             pools.append(pool)
             valids.append(valid)
-        self.last_note_rate = torch.stack(rates).mean().detach()
-        self.last_metrics = {"note_rate": self.last_note_rate}
+        self.last_metrics = {"note_rate": torch.stack(rates).mean().detach()}
         return h - x
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> list[MemMambaLayerState]:
@@ -200,10 +199,4 @@ class MemMambaMixer(Mixer):
         return h[:, 0] - x_t, new_state
 
 
-def note_rates(model: nn.Module) -> dict[str, float]:
-    """{module name: fraction of tokens noted in its last forward} for every memmamba inside ``model``."""
-    return {name: float(m.last_note_rate) for name, m in model.named_modules()
-            if isinstance(m, MemMambaMixer) and m.last_note_rate is not None}
-
-
-__all__ = ["MemMambaMixer", "NoteBlock", "PoolAttention", "gather_pools", "note_rates"]
+__all__ = ["MemMambaMixer", "NoteBlock", "PoolAttention", "gather_pools"]

@@ -183,7 +183,12 @@ class SeqBoat(Mixer):
             _trunc_normal_(lin.weight.data, 0.02)
             nn.init.zeros_(lin.bias)
         _trunc_normal_(self.gamma.data, 0.02)
-        self.last_activation_rate: torch.Tensor | None = None
+        self.last_metrics: dict[str, torch.Tensor] = {}
+
+    @property
+    def last_activation_rate(self) -> torch.Tensor | None:
+        """Fraction of active tokens in the last forward (None before the first)."""
+        return self.last_metrics.get("activation_rate")
 
     # ------------------------------------------------------------------------------------------------------
     # pieces shared by every path
@@ -288,8 +293,7 @@ class SeqBoat(Mixer):
             raise ValueError("seqboat is a self mixer; it takes no context")
         s = F.silu(self.ema(self.norm(x)))
         hx, g, active = self._front(s)
-        self.last_activation_rate = active.float().mean().detach()
-        self.last_metrics = {"activation_rate": self.last_activation_rate}
+        self.last_metrics = {"activation_rate": active.float().mean().detach()}
         h = self._gau_dense(s, active) if dense else self._gau_compressed(s, active)
         return F.silu(hx + h * g[..., None].to(h.dtype) + x)
 
