@@ -77,3 +77,20 @@ def assert_close(got: dict, want: dict, tol: float, *, by: str = "rms", floor: f
             bad.append(name)
     print(label, "; ".join(report))
     assert not bad, f"{label} {bad}: rel {by} error above {tol:g}: " + "; ".join(report)
+
+
+def outputs_and_grads(call, inputs: dict, names: tuple[str, str], seed: int = 1) -> dict:
+    """Run ``call(**leaves)`` -> (output, final state) on fresh leaf copies of ``inputs`` (None stays None), then
+    backward with seeded random cotangents for both, so the state's backward is checked too.
+
+    Returns {names[0]: output, names[1]: state, "d<input>": its gradient (None for None inputs)}."""
+    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    out, state = call(**leaves)
+    g = torch.Generator().manual_seed(seed)
+    d_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype).to(out.device)
+    d_state = torch.randn(state.shape, generator=g, dtype=torch.float64).to(state.dtype).to(state.device)
+    ((out * d_out).sum() + (state * d_state).sum()).backward()
+    res = {names[0]: out, names[1]: state}
+    for k, v in leaves.items():
+        res["d" + k] = v.grad if v is not None else None
+    return res

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from tests.kernels._helpers import DEVICE, GPU, assert_close, triton_marks
+from tests.kernels._helpers import DEVICE, GPU, assert_close, outputs_and_grads, triton_marks
 
 ss = importlib.import_module("mmseq.kernels.selective_scan")  # the module, not the function
 
@@ -68,16 +68,8 @@ def _inputs(c: Case, dtype=torch.float64, device="cpu", seed=0, C_groups=None):
 
 def _run(fn, inputs: dict, softplus: bool, seed=1) -> dict:
     """Forward with return_last_state, backward with random cotangents for out and last_state."""
-    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
-    out, last = fn(**leaves, delta_softplus=softplus, return_last_state=True)
-    g = torch.Generator().manual_seed(seed)
-    d_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype).to(out.device)
-    d_last = torch.randn(last.shape, generator=g, dtype=torch.float64).to(last.dtype).to(last.device)
-    ((out * d_out).sum() + (last * d_last).sum()).backward()
-    res = {"out": out, "last_state": last}
-    for k, v in leaves.items():
-        res["d" + k] = v.grad if v is not None else None
-    return res
+    return outputs_and_grads(lambda **kw: fn(**kw, delta_softplus=softplus, return_last_state=True),
+                             inputs, ("out", "last_state"), seed)
 
 
 def _assert_close(got: dict, want: dict, rtol: float, label: str = ""):

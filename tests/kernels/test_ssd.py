@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.kernels._helpers import DEVICE, GPU, assert_close, triton_marks
+from tests.kernels._helpers import DEVICE, GPU, assert_close, outputs_and_grads, triton_marks
 
 ssd_mod = importlib.import_module("mmseq.kernels.ssd")
 
@@ -68,16 +68,9 @@ def _inputs(c: Case, dtype=torch.float64, device="cpu", seed=0) -> dict:
 
 def _run(fn, inputs: dict, c: Case, seed=1) -> dict:
     """Forward with return_final_states, backward with random cotangents for y and the final state."""
-    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
-    y, final = fn(**leaves, dt_softplus=c.softplus, return_final_states=True, chunk_size=c.chunk)
-    g = torch.Generator().manual_seed(seed)
-    d_y = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype).to(y.device)
-    d_final = torch.randn(final.shape, generator=g, dtype=torch.float64).to(final.dtype).to(final.device)
-    ((y * d_y).sum() + (final * d_final).sum()).backward()
-    res = {"y": y, "final_states": final}
-    for k, v in leaves.items():
-        res["d" + k] = v.grad if v is not None else None
-    return res
+    return outputs_and_grads(
+        lambda **kw: fn(**kw, dt_softplus=c.softplus, return_final_states=True, chunk_size=c.chunk),
+        inputs, ("y", "final_states"), seed)
 
 
 def _assert_close(got: dict, want: dict, tol: float, label: str = ""):
