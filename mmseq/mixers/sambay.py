@@ -32,7 +32,6 @@ from torch import nn
 from .base import Mixer, create_mixer, register_mixer
 from .blocks import MLP
 from .mamba import MambaMixer
-from .swa import SlidingWindowAttention, WindowState
 
 
 class GatedMemoryUnit(nn.Module):
@@ -218,8 +217,8 @@ class SambaYMixer(Mixer):
         L = x.shape[1]
         h = x
         layers = []
-        for layer in self.self_decoder:
-            y, s = self._forward_with_state(layer.op, layer.norm(h))
+        for layer in self.self_decoder:  # Mamba and sliding-window layers, each its parallel pass and final state
+            y, s, *_ = layer.op.forward_with_state(layer.norm(h))
             h = layer.finish(h, y)
             layers.append(s)
         y, memory_state, memory = self.memory_layer.op.forward_with_state(self.memory_layer.norm(h))
@@ -227,16 +226,3 @@ class SambaYMixer(Mixer):
         k, v = self.cache_layer.op.keys_values(self.cache_layer.norm(h))
         top = self._decode_top(h[:, -1:], memory[:, -1:], k, v, offset=L - 1)[:, 0]
         return top - x[:, -1], SambaYState(layers=layers, memory=memory_state, k=k, v=v, t=L)
-
-    @staticmethod
-    def _forward_with_state(op: Mixer, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """A self-decoder layer's parallel forward over x [B, L, D] and its decoding state after it."""
-        if isinstance(op, MambaMixer):
-            y, state, _ = op.forward_with_state(x)
-            return y, state
-        assert isinstance(op, SlidingWindowAttention)
-        state: WindowState = op.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        _, k, v = op._qkv(x)
-        state.cache.append(k, v)  # the ring buffer keeps the last ``window`` keys/values
-        state.t = x.shape[1]
-        return op(x), state

@@ -75,6 +75,15 @@ class SlidingWindowAttention(LocalAttention):
         q, k, v = self._qkv(x)
         return self._merge(attention(q, k, v, causal=self.causal, window=self.window))
 
+    def forward_with_state(self, x: torch.Tensor) -> tuple[torch.Tensor, WindowState]:
+        """``forward`` over x [B, L, D] and the state ``step`` continues from: the last ``window`` keys/values."""
+        self.check_input(x)
+        q, k, v = self._qkv(x)
+        state = self.init_state(x.shape[0], device=x.device, dtype=k.dtype)
+        state.cache.append(k, v)
+        state.t = x.shape[1]
+        return self._merge(attention(q, k, v, causal=self.causal, window=self.window)), state
+
     def init_state(self, batch_size: int, device=None, dtype=None) -> WindowState:
         if not self.causal:
             raise NotImplementedError("step() needs a causal sliding-window mixer")

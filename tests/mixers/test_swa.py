@@ -53,3 +53,14 @@ def test_swa_stream_past_window_keeps_bounded_state():
 def test_swa_rejects_bad_window():
     with pytest.raises(ValueError, match="window"):
         create_mixer("swa", 16, window=0)
+
+
+@pytest.mark.parametrize("L", [3, 11])  # shorter and longer than the window
+def test_forward_with_state_continues_like_streaming(L):
+    torch.manual_seed(0)
+    m = create_mixer("swa", 16, window=5, n_heads=2).double()
+    x = torch.randn(2, L + 4, 16, dtype=torch.float64)
+    y, state = m.forward_with_state(x[:, :L])
+    torch.testing.assert_close(y, m(x[:, :L]))
+    rest, _ = stream(m, x[:, L:], state)
+    torch.testing.assert_close(rest, m(x)[:, L:])
