@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmseq-installed
 # Debian packages features need at run time (installed by `make system-deps` when missing).
 # Speech synthesizers for `mmseq data make keywords` (espeak-ng, flite, festival and three festival voices);
-# chromium for the demos' browser test (tests/apps), driven by Playwright without any browser download.
-DEBIAN_PACKAGES ?= espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
+# chromium for the demos' browser test (tests/apps), driven by Playwright without any browser download;
+# g++ for the compiled CPU kernels (kernels/csrc, built at first use; without it the PyTorch paths run).
+DEBIAN_PACKAGES ?= espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium g++
 
 .PHONY: setup system-deps quickstart quickstart-mqar test test-all lint gpu-check clean-venv
 
@@ -51,12 +52,14 @@ quickstart-mqar: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Default test run (slow tests excluded); `make test-all` includes them.
+# Default test run (slow tests excluded); `make test-all` includes them. Tests run in TEST_WORKERS processes
+# (pytest-xdist; one torch thread each, see tests/conftest.py): `make test TEST_WORKERS=0` runs them in one.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-all: lint
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m ""
 
 # On one CUDA GPU, in under 8 minutes: the Triton/GPU tests compiled, every kernel against the torch path and its
 # peers, one short training run per task, mixer time and memory vs L. Writes gpu_check.md and gpu_check.json

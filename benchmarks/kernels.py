@@ -29,6 +29,7 @@ import argparse
 import gc
 import importlib
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -233,6 +235,10 @@ def selective_scan_cases(device: torch.device, quick: bool, against: str | None 
                     return _mambapy_scan(u, delta, A, B, C, Dskip, z, delta_bias)
                 if impl == f"torch@{against}":
                     return old(u, delta, A, B, C, Dskip, z, delta_bias, delta_softplus=True)
+                if impl == "torch-vectorized":  # the torch path without its compiled core
+                    with mock.patch.dict(os.environ, {"MMSEQ_CPU_KERNELS": "0"}):
+                        return selective_scan(u, delta, A, B, C, Dskip, z, delta_bias, delta_softplus=True,
+                                              impl="torch")
                 return selective_scan(u, delta, A, B, C, Dskip, z, delta_bias, delta_softplus=True, impl=impl)
 
             return fn, [u, delta, A, B, C, Dskip, z, delta_bias]
@@ -251,11 +257,11 @@ def selective_scan_cases(device: torch.device, quick: bool, against: str | None 
                 + group(8, 2048, 16, 8192, torch.bfloat16, _impls(device, ref=False), "torch",
                         "ref too slow at this shape: baseline is the torch path; ref compared at B=1 D=256 L=2048"))
     peers, skipped = _peers()
-    impls = _impls(device) + [f"torch@{against}"] * bool(against) + peers
+    impls = _impls(device) + ["torch-vectorized"] + [f"torch@{against}"] * bool(against) + peers
     if quick:
         return group(1, 32, 8, 256, torch.float32, impls, "ref", skipped)
     keyword = "the keyword Mamba block's scan (d_model 64, expand 2, d_state 16; batch 64, 98 frames)"
-    return (group(2, 256, 16, 4096, torch.float32, _impls(device), "ref")
+    return (group(2, 256, 16, 4096, torch.float32, _impls(device) + ["torch-vectorized"], "ref")
             + group(2, 256, 16, 2048, torch.float32, impls, "ref", skipped)
             + group(64, 128, 16, 98, torch.float32, impls, "ref", "; ".join(filter(None, (keyword, skipped)))))
 

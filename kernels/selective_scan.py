@@ -38,7 +38,11 @@ sequence from a zero state reproduces ``selective_scan``. mamba_ssm's heads form
 A [H, P, N], B/C groups dividing H) is taken as D = H * P channels. Real A only; no constant B/C for decoding.
 
 Paths (``impl=``): "ref" loops over L in plain PyTorch (the ground truth, autograd through the loop);
-"torch" scans blocks of positions small enough to stay in cache (cut into chunks scanned side by side when a
+"torch", on CPU tensors with real A, runs the scan in a compiled C++ core (``csrc/selective_scan_cpu.cpp``, built
+at first use by ``_cpu_build``: one (batch row, channel) pair walks L with its N states in a vector register, and
+the backward replays its channel into a per-thread buffer of 2 L N values), with step size, skip and gate in
+PyTorch around it; without a C++ compiler, with ``MMSEQ_CPU_KERNELS=0``, for complex A and on other devices it
+scans blocks of positions small enough to stay in cache (cut into chunks scanned side by side when a
 position's state is small), with a hand-written backward that recomputes states block by block, so memory
 stays at O(block) instead of [B, D, L, N]; "triton" runs one program per (batch row, block of
 channels) that walks L with the state in registers, saving the state at chunk boundaries; its backward
@@ -50,11 +54,14 @@ then runs one channel per program).
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
+from ._cpu_build import load_cpu_library
 from ._dispatch import check_float, check_tensor, load_triton, pick_impl, run_triton, shape_str
 
 triton, tl = load_triton()  # stand-ins without Triton: the module imports, impl="triton" is refused
@@ -461,15 +468,95 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     position, or, when B * D * N is under ``_TORCH_STEP``, cut into chunks of ``_TORCH_CHUNK`` positions
     scanned side by side. The backward replays each block from its saved start state, so memory is a few
     block-sized tensors, and it is hand-written (first-order gradients only).
+
+    On CPU tensors with real A the scan itself runs the compiled core (``csrc/selective_scan_cpu.cpp``) when it
+    builds (``kernels/_cpu_build.py``; ``MMSEQ_CPU_KERNELS=0`` keeps the vectorized PyTorch code).
     """
+    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
+    if _cpu_core_usable(u, A, Bg, Cg):
+        return _selective_scan_cpu(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus, return_last_state)
     cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     sdt = _complex_of(cdt) if A.is_complex() else cdt  # dtype of the state
-    Bg, Cg = _common_groups(*(_as_grouped(t, A, u.shape[0], u.shape[2]) for t in (B, C)))
     D, z, delta_bias = (t.to(cdt) if t is not None else None for t in (D, z, delta_bias))
     out, last_state = _SelectiveScanTorchFn.apply(u.to(cdt), delta.to(cdt), A.to(sdt), Bg.to(sdt), Cg.to(sdt),
                                                   D, z, delta_bias, delta_softplus)
     out = out.to(u.dtype)
     return (out, last_state) if return_last_state else out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Compiled CPU core (csrc/selective_scan_cpu.cpp): the scan alone, dt already through bias and softplus, real
+# float32/float64. One (batch row, channel) pair walks L with its N states in a vector register, as the CUDA
+# kernel does, so nothing of size [B, D, L, N] ever reaches memory; step size, skip and gate stay in PyTorch
+# around it (autograd), at 1/N of the scan's cost. Used by the torch path on CPU tensors when it builds.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _cpu_core_library():
+    return load_cpu_library("selective_scan_cpu")
+
+
+def _ptr(t: torch.Tensor | None):
+    return ctypes.c_void_p(t.data_ptr() if t is not None else None)
+
+
+class _ScanCoreCpuFn(torch.autograd.Function):
+    """u, dt [B, D, L], A [D, N], Bt, Ct [B, G, L, N] (positions before states) -> y [B, D, L] = <C, h>,
+    last state [B, D, N]; real float32 or float64, contiguous, on the CPU."""
+
+    @staticmethod
+    def forward(ctx, u, dt, A, Bt, Ct):
+        lib = _cpu_core_library()
+        Bs, dim, L = u.shape
+        G, N = Bt.shape[1], Bt.shape[3]
+        A2 = (A * math.log2(math.e)).contiguous()
+        y, last = u.new_empty(Bs, dim, L), u.new_empty(Bs, dim, N)
+        fn = lib.mmseq_scan_fwd_f64 if u.dtype == torch.float64 else lib.mmseq_scan_fwd_f32
+        fn(*map(_ptr, (u, dt, A2, Bt, Ct, y, last)), *map(ctypes.c_int64, (Bs, dim, L, N, G)),
+           ctypes.c_int(torch.get_num_threads()))
+        ctx.save_for_backward(u, dt, A, A2, Bt, Ct)
+        return y, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dlast):
+        lib = _cpu_core_library()
+        u, dt, A, A2, Bt, Ct = ctx.saved_tensors
+        Bs, dim, L = u.shape
+        G, N = Bt.shape[1], Bt.shape[3]
+        threads = torch.get_num_threads()
+        # channels of a group split into `parts` work units when batch x groups alone cannot feed every thread;
+        # each part writes its own dB, dC slice (summed below), so no two threads add into one element
+        parts = max(1, min(dim // G, -(-2 * threads // (Bs * G))))
+        dy = dy.contiguous() if dy is not None else u.new_zeros(Bs, dim, L)
+        dlast = dlast.contiguous() if dlast is not None else None
+        du, ddt = torch.empty_like(u), torch.empty_like(u)
+        dA = u.new_zeros(Bs, dim, N)
+        dB, dC = u.new_empty(parts, *Bt.shape), u.new_empty(parts, *Ct.shape)
+        fn = lib.mmseq_scan_bwd_f64 if u.dtype == torch.float64 else lib.mmseq_scan_bwd_f32
+        fn(*map(_ptr, (u, dt, A, A2, Bt, Ct, dy, dlast, du, ddt, dA, dB, dC)),
+           *map(ctypes.c_int64, (Bs, dim, L, N, G, parts)), ctypes.c_int(threads))
+        return du, ddt, dA.sum(0), dB.sum(0), dC.sum(0)
+
+
+def _cpu_core_usable(u, A, B, C) -> bool:
+    return (u.device.type == "cpu" and not A.is_complex() and not B.is_complex() and not C.is_complex()
+            and _cpu_core_library() is not None)
+
+
+def _selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    """The torch path's arguments and returns, through the compiled core (B, C already grouped)."""
+    cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    u_c = u.to(cdt).contiguous()
+    dt = _step_size(delta, delta_bias, delta_softplus, cdt).contiguous()
+    Bt, Ct = (t.to(cdt).transpose(-1, -2).contiguous() for t in (B, C))
+    y, last = _ScanCoreCpuFn.apply(u_c, dt, A.to(cdt).contiguous(), Bt, Ct)
+    if D is not None:
+        y = y + u_c * D.to(cdt)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    out = y.to(u.dtype)
+    return (out, last) if return_last_state else out
 
 
 # ----------------------------------------------------------------------------------------------------------

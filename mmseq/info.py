@@ -52,7 +52,15 @@ def collect_info() -> dict:
         "default_kernel_path": "triton" if cuda and triton_importable() else "torch",
         "kernel_paths": ops,
         "kernel_fallbacks": _fallbacks(),
+        "cpu_kernels": _cpu_kernels(),
     }
+
+
+def _cpu_kernels() -> dict[str, str]:
+    """Op -> the state of its compiled CPU core (kernels/csrc)."""
+    from mmseq.kernels import _cpu_build
+
+    return {op: _cpu_build.status(name) for op, name in _cpu_build.CPU_KERNELS.items()}
 
 
 def _fallbacks() -> dict[str, str]:
@@ -63,7 +71,8 @@ def _fallbacks() -> dict[str, str]:
 
 
 CORE_KEYS = ("mmseq", "python", "platform", "versions", "cpu_threads", "cpu_count", "cuda", "cuda_devices",
-             "triton_importable", "triton_interpret", "default_kernel_path", "kernel_paths", "kernel_fallbacks")
+             "triton_importable", "triton_interpret", "default_kernel_path", "kernel_paths", "kernel_fallbacks",
+             "cpu_kernels")
 
 
 def format_info(info: dict) -> str:
@@ -78,6 +87,8 @@ def format_info(info: dict) -> str:
         lines.append(f"  {op:16s} {', '.join(paths) if paths else 'not built yet'}")
     for op, error in info.get("kernel_fallbacks", {}).items():
         lines.append(f"  {op:16s} fell back to torch in this process: {error}")
+    for op, state in info.get("cpu_kernels", {}).items():
+        lines.append(f"  {op:16s} compiled CPU core: {state}")
     for key, value in info.items():  # what the domains add (e.g. audio's speech engines)
         if key in CORE_KEYS:
             continue

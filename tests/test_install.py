@@ -30,6 +30,8 @@ def test_info_reports_versions_and_kernel_paths(tmp_path, run_cli):
     assert info["versions"]["torch"].startswith("2.")
     assert set(info["kernel_paths"]) == {"selective_scan", "causal_conv1d", "fft_conv", "attention"}
     assert info["default_kernel_path"] in ("torch", "triton")
+    assert set(info["cpu_kernels"]) == {"selective_scan"}
+    assert any(w in info["cpu_kernels"]["selective_scan"] for w in ("built", "no C++ compiler", "off"))
     import shutil
 
     assert info["speech_engines"]["espeak"] == (shutil.which("espeak-ng") is not None)

@@ -77,6 +77,15 @@ def _assert_close(got: dict, want: dict, rtol: float, label: str = ""):
     assert_close(got, {name: want.get(name) for name in NAMES}, rtol, by="max", label=label)
 
 
+@pytest.fixture(params=["compiled", "vectorized"])
+def cpu_path(request, monkeypatch):
+    """The torch path both ways: with its compiled core (kernels/csrc; the default on the CPU when it builds) and
+    with MMSEQ_CPU_KERNELS=0, its PyTorch code alone."""
+    if request.param == "vectorized":
+        monkeypatch.setenv("MMSEQ_CPU_KERNELS", "0")
+    return request.param
+
+
 def _impl(name):
     return lambda **kw: ss.selective_scan(**kw, impl=name)
 
@@ -126,14 +135,14 @@ TORCH_CASES = [
 
 
 @pytest.mark.parametrize("c", TORCH_CASES, ids=_id)
-def test_torch_float64_matches_ref(c):
+def test_torch_float64_matches_ref(c, cpu_path):
     x = _inputs(c)
     want = _run(ss.selective_scan_ref, x, c.softplus)
     _assert_close(_run(_impl("torch"), x, c.softplus), want, 1e-10, _id(c))
 
 
 @pytest.mark.parametrize("c", TORCH_CASES, ids=_id)
-def test_torch_float32_matches_ref(c):
+def test_torch_float32_matches_ref(c, cpu_path):
     want = _run(ss.selective_scan_ref, _inputs(c), c.softplus)
     got = _run(_impl("torch"), _inputs(c, torch.float32), c.softplus)
     assert got["out"].dtype == torch.float32 and got["last_state"].dtype == torch.float32
@@ -141,7 +150,7 @@ def test_torch_float32_matches_ref(c):
 
 
 @pytest.mark.parametrize("c", [Case(2, 16, 8, 100, 2, True, True, True, True)], ids=_id)
-def test_torch_bfloat16_matches_ref(c):
+def test_torch_bfloat16_matches_ref(c, cpu_path):
     x16 = _inputs(c, torch.bfloat16)
     want = _run(ss.selective_scan_ref, {k: (v.double() if v is not None else None) for k, v in x16.items()},
                 c.softplus)
@@ -151,13 +160,13 @@ def test_torch_bfloat16_matches_ref(c):
     _assert_close(got, want, 2e-2, _id(c))
 
 
-def test_torch_groups_of_B_and_C_may_differ():
+def test_torch_groups_of_B_and_C_may_differ(cpu_path):
     c = Case(2, 12, 4, 40, 2, True, False, False, False)
     x = _inputs(c, C_groups=3)
     _assert_close(_run(_impl("torch"), x, False), _run(ss.selective_scan_ref, x, False), 1e-10, "G_B=2 G_C=3")
 
 
-def test_torch_non_contiguous_inputs():
+def test_torch_non_contiguous_inputs(cpu_path):
     c = Case(2, 8, 4, 50, 0, True, True, False, True)
     x = _inputs(c)
     for k in ("u", "delta", "z"):  # [B, L, D] storage seen as [B, D, L], as in a Mamba block
@@ -167,7 +176,7 @@ def test_torch_non_contiguous_inputs():
     _assert_close(_run(_impl("torch"), x, True), _run(ss.selective_scan_ref, x, True), 1e-10, "strided")
 
 
-def test_torch_large_steps_stay_finite():
+def test_torch_large_steps_stay_finite(cpu_path):
     """dt * A of -1e3 per step: decays underflow to zero, nothing overflows."""
     c = Case(1, 4, 4, 80, 0, True, False, False, False)
     x = _inputs(c)

@@ -19,8 +19,10 @@ stops at TRITON_CPU_MAX_L (longer sequences run on a GPU).
 
 import importlib
 import itertools
+import os
 import zlib
 from collections import OrderedDict
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -31,7 +33,10 @@ from tests.kernels._helpers import DEVICE, triton_marks
 ss = importlib.import_module("mmseq.kernels.selective_scan")  # the module, not the function
 
 TRITON = triton_marks(ss._selective_scan_fwd_kernel, ss._selective_scan_bwd_kernel)
-PATHS = ["ref", "torch", "triton"]
+# "torch" is the torch path as it runs by default on the CPU (the compiled core, kernels/csrc, when it builds);
+# "torch-vectorized" is the same path with MMSEQ_CPU_KERNELS=0, its PyTorch code alone
+PATHS = ["ref", "torch", "torch-vectorized", "triton"]
+UPDATE_PATHS = ["ref", "torch", "triton"]  # one token: the same PyTorch code on the CPU whatever the path
 ITYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 WTYPES = {"real": torch.float32, "cplx": torch.complex64}
 SEQLENS = [1, 2, 8, 16, 32, 64, 128, 256, 372, 512, 784, 1024, 1134, 2048, 4096]
@@ -48,6 +53,12 @@ BATCH, DIM, DSTATE = 2, 4, 8  # upstream's
 def _path_param(path: str, *values, id: str, marks=()):
     marks = [*marks, *(TRITON if path == "triton" else [])]
     return pytest.param(path, *values, id=f"{path}-{id}", marks=marks)
+
+
+def _path_env(path: str):
+    """The environment ``path`` runs in: MMSEQ_CPU_KERNELS=0 for "torch-vectorized" (the choice between the
+    compiled core and the PyTorch code is made in the forward; the backward follows it)."""
+    return mock.patch.dict(os.environ, {"MMSEQ_CPU_KERNELS": "0"} if path == "torch-vectorized" else {})
 
 
 def _seed(label: str) -> int:
@@ -258,10 +269,11 @@ def _check_scan(path: str, wname: str, iname: str, L: int, bc: str, flags: dict)
     want = _reference(label, x, flags["delta_softplus"], dout)
     device = DEVICE if path == "triton" else torch.device("cpu")
     leaves = {k: v.to(device).requires_grad_() for k, v in x.items()}
-    res = ss.selective_scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves.get("D"),
-                            z=leaves.get("z"), delta_bias=leaves.get("delta_bias"),
-                            delta_softplus=flags["delta_softplus"], return_last_state=flags["return_last_state"],
-                            impl=path)
+    with _path_env(path):
+        res = ss.selective_scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
+                                leaves.get("D"), z=leaves.get("z"), delta_bias=leaves.get("delta_bias"),
+                                delta_softplus=flags["delta_softplus"],
+                                return_last_state=flags["return_last_state"], impl=path.removesuffix("-vectorized"))
     if flags["return_last_state"]:
         out, last_state = res
         got = {"out": out, "last_state": last_state}
@@ -345,7 +357,7 @@ def _scan_subgrid() -> list:
     all_on = dict.fromkeys(FLAGS, True)
     for n, L in enumerate(s for s in SEQLENS if s > max(SHORT_SEQLENS)):
         bc, wname = list(BC_FORMS)[n % len(BC_FORMS)], list(WTYPES)[n % 2]
-        for path in ("ref", "torch"):
+        for path in ("ref", "torch", "torch-vectorized"):
             params.append(_path_param(path, wname, "bf16", L, bc, all_on, id=f"{wname}-bf16-L{L}-{bc}-all"))
     return params
 
@@ -367,7 +379,8 @@ def test_subgrid_covers_every_value():
         (f, v) for f in FLAGS for v in (False, True)}
     for path in PATHS:
         assert every <= seen[path], (path, every - seen[path])
-    assert {("L", L) for L in SEQLENS} <= seen["torch"] | seen["ref"]
+    for path in ("ref", "torch", "torch-vectorized"):
+        assert {("L", L) for L in SEQLENS} <= seen[path], path
     assert {("L", L) for L in TRITON_SHORT_SEQLENS} <= seen["triton"]
 
 
@@ -517,7 +530,7 @@ def _split(domains: dict) -> list[tuple[dict, list]]:
 def _update_grid() -> list:
     """upstream's plain grid (dim, dstate, z, itype), per path."""
     domains = {"dim": UPDATE_DIMS, "dstate": UPDATE_DSTATES, "has_z": [False, True], "iname": list(ITYPES),
-               "path": PATHS}
+               "path": UPDATE_PATHS}
     return [_path_param(c["path"], c["dim"], c["dstate"], c["has_z"], c["iname"],
                         id=f"D{c['dim']}-N{c['dstate']}-{'z' if c['has_z'] else 'noz'}-{c['iname']}", marks=marks)
             for c, marks in _split(domains)]
@@ -532,7 +545,7 @@ def test_selective_state_update_grid(path, dim, dstate, has_z, iname):
 def _heads_grid() -> list:
     """upstream's heads grid (dim, dstate, groups, z, tied head dim, itype), per path."""
     domains = {"dim": HEADS_DIMS, "dstate": UPDATE_DSTATES, "ngroups": NGROUPS, "has_z": [False, True],
-               "tie_hdim": [False, True], "iname": list(ITYPES), "path": PATHS}
+               "tie_hdim": [False, True], "iname": list(ITYPES), "path": UPDATE_PATHS}
     return [_path_param(c["path"], c["dim"], c["dstate"], c["ngroups"], c["has_z"], c["tie_hdim"], c["iname"],
                         id=(f"D{c['dim']}-N{c['dstate']}-G{c['ngroups']}-{'z' if c['has_z'] else 'noz'}-"
                             f"{'tied' if c['tie_hdim'] else 'untied'}-{c['iname']}"), marks=marks)
