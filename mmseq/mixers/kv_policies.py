@@ -5,15 +5,19 @@ bounds it: after each token is appended, once the cache holds more than ``budget
 entries to keep (indices into the cache, in order) and the mixer drops the rest before the token attends.
 
 - ``FullCache``: keeps everything (the default behaviour, with positions tracked).
-- ``SinkWindowCache(budget, sinks)``: the first ``sinks`` tokens plus the most recent ones (StreamingLLM).
-- ``LaCache(budget, sinks, span, overlap)``: the ladder-shaped cache (GATECH-EIC/LaCache). Each layer keeps a
-  different, shifted subset of the older tokens, so the layers together cover a longer history than any one
-  of them; when the compacted region fills up, compaction starts over on already-compacted tokens.
+- ``SinkWindowCache(budget, sinks, reposition)``: the first ``sinks`` tokens plus the most recent ones
+  (StreamingLLM).
+- ``LaCache(budget, sinks, span, overlap, reposition)``: the ladder-shaped cache (GATECH-EIC/LaCache). Each
+  layer keeps a different, shifted subset of the older tokens, so the layers together cover a longer history
+  than any one of them; when the compacted region fills up, compaction starts over on already-compacted tokens.
 
 ``set_cache_policy(model, policy)`` installs a policy on every causal full-attention mixer of a model (any
 trunk that steps with ``init_state``/``step``), giving each its index among them; ``None`` removes it.
-Keys are cached after rotary at their original positions, so a kept token
-keeps its true distance to the query (LaCache's reference re-rotates the cache at positions inside it instead).
+Positions: by default keys are cached after rotary at their original positions, so a kept token keeps its true
+distance to the query, and that distance grows without bound as the stream runs past the training length. With
+``reposition=True`` (as StreamingLLM and LaCache's reference do: positions inside the cache) keys are cached
+before rotary, and at each step the n kept entries are rotated at their cache indices 0..n-1 and the query at
+n - 1, so no query-key distance exceeds budget - 1; the state's ``pos`` still records the original positions.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class KVCachePolicy(Protocol):
     """Which cache entries one attention layer keeps once it holds more than ``budget`` (None: no bound)."""
 
     budget: int | None
+    reposition: bool  # rotate the kept keys at their cache indices rather than their original positions
 
     def validate(self, n_layers: int) -> None:
         """Raise ValueError when the policy cannot serve a model with ``n_layers`` attention layers."""
@@ -46,6 +51,12 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -54,6 +65,7 @@ class FullCache:
     """Keeps every token: the unbounded cache, with the original positions tracked in the state."""
 
     budget = None
+    reposition = False
 
     def validate(self, n_layers: int) -> None:
         pass
@@ -72,9 +84,12 @@ class SinkWindowCache:
     Args:
         budget: entries kept per layer, > sinks (default 256, LaCache's cache_size).
         sinks: leading tokens always kept (default 4, LaCache's start_size).
+        reposition: cache keys unrotated and rotate the kept ones at their indices in the cache (0..n-1, the
+            query at n - 1) at every step, as StreamingLLM does, instead of at their original positions
+            (default False).
     """
 
-    def __init__(self, budget: int = 256, sinks: int = 4) -> None:
+    def __init__(self, budget: int = 256, sinks: int = 4, reposition: bool = False) -> None:
         _check_int("budget", budget, 1)
         _check_int("sinks", sinks, 0)
         if budget <= sinks:
@@ -82,6 +97,7 @@ class SinkWindowCache:
                              f"sinks={sinks}")
         self.budget = budget
         self.sinks = sinks
+        self.reposition = _check_bool("reposition", reposition)
 
     def validate(self, n_layers: int) -> None:
         pass
@@ -95,7 +111,8 @@ class SinkWindowCache:
         return torch.cat([idx[: self.sinks], idx[T - (self.budget - self.sinks):]]), cursor
 
     def __repr__(self) -> str:
-        return f"SinkWindowCache(budget={self.budget}, sinks={self.sinks})"
+        extra = ", reposition=True" if self.reposition else ""
+        return f"SinkWindowCache(budget={self.budget}, sinks={self.sinks}{extra})"
 
 
 class LaCache:
@@ -119,9 +136,13 @@ class LaCache:
         sinks: leading tokens never compacted (default 4, the reference's start_size).
         span: S, about how many adjacent layers keep each token (default 16); needs S < n_layers.
         overlap: O, 0 <= O < S (default 0). The reference's README pairs (S, O): (16, 0), (9, 3), (9, 7), (8, 4).
+        reposition: cache keys unrotated and rotate the kept ones at their indices in the cache (0..n-1, the
+            query at n - 1) at every step, as the reference does, instead of at their original positions
+            (default False).
     """
 
-    def __init__(self, budget: int = 256, sinks: int = 4, span: int = 16, overlap: int = 0) -> None:
+    def __init__(self, budget: int = 256, sinks: int = 4, span: int = 16, overlap: int = 0,
+                 reposition: bool = False) -> None:
         _check_int("budget", budget, 1)
         _check_int("sinks", sinks, 0)
         _check_int("span", span, 1)
@@ -135,6 +156,7 @@ class LaCache:
         self.sinks = sinks
         self.span = span
         self.overlap = overlap
+        self.reposition = _check_bool("reposition", reposition)
 
     def ladder(self, n_layers: int) -> tuple[int, int]:
         """(before, after): each group of ``before`` entries at the cursor shrinks to ``after`` per layer."""
@@ -175,7 +197,9 @@ class LaCache:
         return idx, cursor
 
     def __repr__(self) -> str:
-        return f"LaCache(budget={self.budget}, sinks={self.sinks}, span={self.span}, overlap={self.overlap})"
+        extra = ", reposition=True" if self.reposition else ""
+        return (f"LaCache(budget={self.budget}, sinks={self.sinks}, span={self.span}, overlap={self.overlap}"
+                f"{extra})")
 
 
 def _cached_attention(model: nn.Module) -> list[AttentionMixer]:

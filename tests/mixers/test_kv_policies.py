@@ -1,6 +1,7 @@
 """KV-cache policies on attention decoding: the cache stays within its budget however long the stream runs,
 a budget that covers the sequence changes nothing (exactly), kept tokens keep their original rotary positions,
-and LaCache's ladder matches a hand-worked case."""
+or with ``reposition`` are rotated at their indices in the cache, and LaCache's ladder matches a hand-worked
+case."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from mmseq.mixers import create_mixer
 from mmseq.mixers.blocks import MixerStack
 from mmseq.mixers.kv_policies import FullCache, LaCache, SinkWindowCache, set_cache_policy
-from tests.mixers._attention_ref import merge, project, softmax_attention
+from tests.mixers._attention_ref import merge, project, rotate, softmax_attention
 
 D, LAYERS = 16, 4
 
@@ -30,8 +31,10 @@ def _stream(model, x: torch.Tensor, on_step=None) -> tuple[torch.Tensor, list]:
     return torch.stack(ys, dim=1), state
 
 
-@pytest.mark.parametrize("policy", [SinkWindowCache(budget=12, sinks=2), LaCache(budget=12, sinks=2, span=2)],
-                         ids=["sink-window", "lacache"])
+@pytest.mark.parametrize("policy", [SinkWindowCache(budget=12, sinks=2), LaCache(budget=12, sinks=2, span=2),
+                                    SinkWindowCache(budget=12, sinks=2, reposition=True),
+                                    LaCache(budget=12, sinks=2, span=2, reposition=True)],
+                         ids=["sink-window", "lacache", "sink-window-reposition", "lacache-reposition"])
 def test_cache_stays_within_budget_for_ten_budgets_of_tokens(policy):
     model = _stack()
     assert set_cache_policy(model, policy) == LAYERS
@@ -43,6 +46,7 @@ def test_cache_stays_within_budget_for_ten_budgets_of_tokens(policy):
         for s in state:  # keys, values and positions stay aligned, in order, the newest token kept
             assert s.v.shape[2] == s.pos.shape[1] == s.k.shape[2]
             assert bool((s.pos[:, 1:] > s.pos[:, :-1]).all()) and int(s.pos[0, -1]) == s.seen - 1
+            assert s.unrotated == policy.reposition
 
     with torch.no_grad():
         y, state = _stream(model, torch.randn(2, steps, D), record)
@@ -63,6 +67,73 @@ def test_budget_covering_the_sequence_equals_the_full_cache(policy):
         got, state = _stream(model, x)
     assert torch.equal(got, want)
     assert all(torch.equal(s.pos[0], torch.arange(20)) for s in state)
+
+
+@pytest.mark.parametrize("policy", [SinkWindowCache(budget=20, sinks=4, reposition=True),
+                                    LaCache(budget=24, sinks=4, span=2, reposition=True)],
+                         ids=["sink-window", "lacache"])
+def test_reposition_with_a_budget_covering_the_sequence_equals_the_full_cache(policy):
+    """Nothing is evicted, so cache indices are the original positions: re-rotating the whole cache at every
+    step gives the full cache's outputs, though the keys are now held unrotated."""
+    model = _stack(torch.float64)
+    x = torch.randn(2, 20, D, dtype=torch.float64)
+    with torch.no_grad():
+        want, plain = _stream(model, x)
+        set_cache_policy(model, policy)
+        got, state = _stream(model, x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert all(s.unrotated and torch.equal(s.pos[0], torch.arange(20)) for s in state)
+    # The first layer sees the same input either way: its cached keys are the rotated ones, unrotated.
+    torch.testing.assert_close(rotate(state[0].k), plain[0].k, rtol=1e-6, atol=1e-6)  # float32 angles
+    assert not torch.allclose(state[0].k, plain[0].k)
+
+
+@pytest.mark.parametrize(("policy", "layer"), [(SinkWindowCache(budget=5, sinks=2, reposition=True), (0, 1)),
+                                               (LaCache(budget=7, sinks=1, span=2, reposition=True), (1, 4))],
+                         ids=["sink-window", "lacache-layer-1-of-4"])
+def test_reposition_rotates_the_kept_keys_at_their_cache_indices(policy, layer):
+    """Each streamed output equals attention written out by hand over the entries kept at that step (read from
+    the state's ``pos``): their unrotated keys rotated at 0..n-1 and the query at n - 1."""
+    torch.manual_seed(0)
+    m = create_mixer("attention", D, n_heads=2).double()
+    m.cache_policy, m.cache_layer = policy, layer
+    L = 16
+    x = torch.randn(2, L, D, dtype=torch.float64)
+    q, k, v = project(m, x, rotary=False)
+    state = m.init_state(2, dtype=torch.float64)
+    got, want, want_original = [], [], []
+    with torch.no_grad():
+        for t in range(L):
+            y, state = m.step(x[:, t], state)
+            kept = state.pos[0]
+            n = kept.shape[0]
+            assert int(kept[-1]) == t and n == min(t + 1, policy.budget)
+            torch.testing.assert_close(state.k, k[:, :, kept], rtol=1e-12, atol=1e-12)  # held unrotated
+            everything = torch.ones(1, n, dtype=torch.bool)
+            qt, kk, vv = q[:, :, t:t + 1], k[:, :, kept], v[:, :, kept]
+            want.append(merge(m, softmax_attention(rotate(qt, offset=n - 1), rotate(kk), vv, everything))[:, 0])
+            # The same entries at their original positions, as without reposition.
+            k_orig = torch.stack([rotate(kk[:, :, i:i + 1], offset=int(p))[:, :, 0] for i, p in enumerate(kept)],
+                                 dim=2)
+            want_original.append(merge(m, softmax_attention(rotate(qt, offset=t), k_orig, vv, everything))[:, 0])
+            got.append(y)
+    got, want, want_original = (torch.stack(u, dim=1) for u in (got, want, want_original))
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-7)
+    # Once tokens were evicted the kept keys sit closer to the query than their true distance, which changes the
+    # outputs: the check above tells the two apart.
+    assert (got - want_original).abs().max() > 1e-3
+    torch.testing.assert_close(got[:, :policy.budget], want_original[:, :policy.budget], rtol=1e-7, atol=1e-7)
+
+
+def test_a_state_cannot_switch_between_rotated_and_unrotated_keys():
+    model = _stack()
+    set_cache_policy(model, SinkWindowCache(budget=8, sinks=2))
+    x = torch.randn(1, 4, D)
+    with torch.no_grad():
+        _, state = _stream(model, x)
+        set_cache_policy(model, SinkWindowCache(budget=8, sinks=2, reposition=True))
+        with pytest.raises(ValueError, match="start a new state"):
+            model.step(x[:, 0], state)
 
 
 def test_removing_the_policy_restores_the_plain_cache():
@@ -140,6 +211,8 @@ def test_lacache_ladder_on_a_hand_worked_case():
     (lambda: LaCache(span=4, overlap=4), "overlap must be < span"),
     (lambda: LaCache(span=0), "span must be an int >= 1"),
     (lambda: LaCache(sinks=True), "sinks must be an int >= 0"),
+    (lambda: SinkWindowCache(reposition=1), "reposition must be a bool"),
+    (lambda: LaCache(reposition="yes"), "reposition must be a bool"),
 ])
 def test_bad_arguments_raise(make, match):
     with pytest.raises(ValueError, match=match):
