@@ -158,6 +158,33 @@ def _cmd_detokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+KV_CACHES = ("full", "window", "lacache")
+
+
+def _cache_policy(args: argparse.Namespace, reporter):
+    """The KV cache policy of ``report-ct``'s --kv-* options for ``reporter``'s trunk (None for full)."""
+    if args.kv_cache == "full":
+        return None
+    from mmseq.mixers.kv_policies import LaCache, SinkWindowCache, set_cache_policy
+
+    try:
+        layers = set_cache_policy(reporter.trunk, None)  # no policy yet: counts the attention layers
+    except ValueError:
+        raise UserError(f"--kv-cache {args.kv_cache} bounds attention caches, and this report generator's trunk "
+                        "has no causal attention layer; use --kv-cache full") from None
+    sinks = reporter.n_prefix + 1 if args.kv_sinks is None else args.kv_sinks
+    try:
+        if args.kv_cache == "window":
+            policy = SinkWindowCache(args.kv_budget, sinks)
+        else:
+            policy = LaCache(args.kv_budget, sinks, span=args.kv_span or max(1, layers // 2))
+        policy.validate(layers)
+    except ValueError as err:
+        raise UserError(f"--kv-cache {args.kv_cache}: {err} (--kv-budget {args.kv_budget}, --kv-sinks {sinks})"
+                        ) from None
+    return policy
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.exists():
@@ -175,7 +202,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             tokens = tokenize_volume(load_tokenizer(args.tokenizer), _single_source(source, args).load(),
                                      source=source.name)
         codes = tokens.codes()[None]
-        report = reporter.generate(codes, beam_size=args.beam)[0]
+        report = reporter.generate(codes, beam_size=args.beam, cache_policy=_cache_policy(args, reporter))[0]
         probs = None
         if reporter.label_prompt:
             from .ctrate import ABNORMALITIES
@@ -240,4 +267,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
     r.add_argument("--json", action="store_true", help="print {input, report, findings} as JSON")
     _add_rescale_options(r)
+    k = r.add_argument_group("bounded KV cache while decoding (attention trunks, as the shipped generator's)")
+    k.add_argument("--kv-cache", choices=KV_CACHES, default="full",
+                   help="full: keep every entry (default); window: the sinks and the newest entries "
+                        "(StreamingLLM); lacache: the ladder-shaped cache (LaCache)")
+    k.add_argument("--kv-budget", type=positive_int, default=64, metavar="N",
+                   help="entries kept per attention layer with window or lacache (default 64)")
+    k.add_argument("--kv-sinks", type=non_negative_int, default=None, metavar="N",
+                   help="leading entries always kept (default: the prefix and <bos>, so the volume's tokens and "
+                        "the label prompt stay whole)")
+    k.add_argument("--kv-span", type=positive_int, default=None, metavar="S",
+                   help="lacache: about how many adjacent layers keep each entry (default: half the attention "
+                        "layers)")
     r.set_defaults(func=_cmd_report)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmseq.mixers.blocks import MixerStack
+from mmseq.mixers.kv_policies import KVCachePolicy, set_cache_policy
 from mmseq.runner.pretrained import PretrainedMixin
 
 from .ctrate import ABNORMALITIES
@@ -199,19 +200,27 @@ class ReportGenerator(PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def generate(self, codes: torch.Tensor, *, max_new_tokens: int | None = None, beam_size: int = 1,
-                 length_penalty: float = 1.0) -> list[str]:
-        """codes [B, bits, d, h, w] -> one report per volume (greedy when ``beam_size`` is 1)."""
+                 length_penalty: float = 1.0, cache_policy: KVCachePolicy | None = None) -> list[str]:
+        """codes [B, bits, d, h, w] -> one report per volume (greedy when ``beam_size`` is 1).
+
+        ``cache_policy`` (``mmseq.mixers.kv_policies``: ``SinkWindowCache``, ``LaCache``) bounds the KV cache of
+        every attention layer of the trunk while decoding; give it ``sinks >= n_prefix + 1`` to keep the volume's
+        tokens, the label prompt and <bos> whole. None keeps every entry. It is removed again afterwards."""
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         max_new = max_new_tokens or self.max_report_tokens
         was_training = self.training
         self.eval()
+        if cache_policy is not None:
+            set_cache_policy(self.trunk, cache_policy)
         try:
             if beam_size == 1:
                 return self._greedy(codes, max_new)
             return [self._beam(codes[i:i + 1], max_new, beam_size, length_penalty) for i in range(codes.shape[0])]
         finally:
             self.train(was_training)
+            if cache_policy is not None:
+                set_cache_policy(self.trunk, None)
 
     def _greedy(self, codes: torch.Tensor, max_new: int) -> list[str]:
         logits, state = self._read_prefix(codes)

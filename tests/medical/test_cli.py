@@ -177,3 +177,51 @@ def test_not_a_token_file_is_one_line(tmp_path, tokenizer_dir, capsys):
                  str(tokenizer_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert "unreadable or truncated" in err and len(err.splitlines()) == 1
+
+
+def _token_file(phantoms, tokenizer_dir, tmp_path, capsys) -> Path:
+    item = _first_volume(phantoms)
+    tokens = tmp_path / "t.safetensors"
+    assert main(["tokenize-ct", str(item["path"]), "-o", str(tokens), "--checkpoint", str(tokenizer_dir),
+                 "--intercept", str(item["intercept"]), "--slope", "1"]) == 0
+    capsys.readouterr()
+    return tokens
+
+
+def _reporter_dir(phantoms, tmp_path, n_layers: int) -> Path:
+    texts = [CTRate(phantoms, "train").report(i) for i in range(3)]
+    torch.manual_seed(0)
+    reporter = ReportGenerator(train_bpe(texts, vocab_size=300, min_frequency=1), token_bits=6, d_model=16,
+                               n_layers=n_layers, mixer={"name": "attention", "n_heads": 2}, prefix_grid=(1, 2, 2),
+                               max_report_tokens=24)
+    reporter.save_pretrained(tmp_path / f"reporter{n_layers}")
+    return tmp_path / f"reporter{n_layers}"
+
+
+@pytest.mark.parametrize("kind", ["window", "lacache"])
+def test_report_ct_with_a_bounded_kv_cache(phantoms, tokenizer_dir, tmp_path, capsys, kind):
+    """A budget that holds the whole decoding gives the full cache's report; a small one still writes one."""
+    tokens = _token_file(phantoms, tokenizer_dir, tmp_path, capsys)
+    reporter = str(_reporter_dir(phantoms, tmp_path, 2))
+    assert main(["report-ct", str(tokens), "--checkpoint", reporter, "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)["report"]
+    assert main(["report-ct", str(tokens), "--checkpoint", reporter, "--json", "--kv-cache", kind,
+                 "--kv-budget", "40"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"] == full
+    assert main(["report-ct", str(tokens), "--checkpoint", reporter, "--json", "--kv-cache", kind,
+                 "--kv-budget", "12"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out)["report"], str)
+
+
+@pytest.mark.parametrize("layers, extra, fragment", [
+    (2, ["--kv-cache", "window", "--kv-budget", "5"], "budget must exceed sinks"),
+    (1, ["--kv-cache", "lacache"], "at least 2 attention layers"),
+    (2, ["--kv-cache", "lacache", "--kv-span", "2"], "span must be < n_layers"),
+])
+def test_report_ct_bad_kv_cache_options_are_one_line(phantoms, tokenizer_dir, tmp_path, capsys, layers, extra,
+                                                      fragment):
+    tokens = _token_file(phantoms, tokenizer_dir, tmp_path, capsys)
+    reporter = str(_reporter_dir(phantoms, tmp_path, layers))
+    assert main(["report-ct", str(tokens), "--checkpoint", reporter, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "--kv-cache" in err and len(err.splitlines()) == 1
