@@ -11,6 +11,7 @@
 // replays the forward of its channel into a per-thread buffer (decays and states, 2 L N values) instead of
 // saving anything in the forward, then runs the adjoint recurrence right to left.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -19,48 +20,47 @@
 namespace {
 
 // 2 ** x, vectorizable: x = n + f with n an integer and |f| <= 1/2, 2 ** f from its Taylor series in f ln 2
-// (7 terms for float, 13 for double: below one rounding of the type), 2 ** n written into the exponent bits.
-// x is clamped so that n stays a normal exponent; below the clamp the true value is under 2 ** -125 (float) or
-// 2 ** -1021 (double), which a decay treats as zero. n comes from truncating x + 1/2 shifted to be positive
-// (truncation is floor there): float-to-int truncation vectorizes, floor does not.
-inline float exp2_approx(float x) {
-    x = x < -125.0f ? -125.0f : (x > 127.0f ? 127.0f : x);
-    const int32_t k = static_cast<int32_t>(x + 128.5f);  // n + 128
-    const float f = (x - static_cast<float>(k - 128)) * 0.693147180559945309f;
-    float p = 1.0f / 5040.0f;
-    p = p * f + 1.0f / 720.0f;
-    p = p * f + 1.0f / 120.0f;
-    p = p * f + 1.0f / 24.0f;
-    p = p * f + 1.0f / 6.0f;
-    p = p * f + 0.5f;
-    p = p * f + 1.0f;
-    p = p * f + 1.0f;
-    const int32_t bits = (k - 1) << 23;  // (n + 127) << 23
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
-}
+// (to degree 7 for float, 13 for double: below one rounding of the type), 2 ** n written into the exponent
+// bits. x is clamped so that n stays a normal exponent; below the clamp the true value is under 2 ** -125
+// (float) or 2 ** -1021 (double), which a decay treats as zero. n comes from truncating x + 1/2 shifted to be
+// positive (truncation is floor there): float-to-int truncation vectorizes, floor does not.
+template <typename T>
+struct Exp2Format;
+template <>
+struct Exp2Format<float> {
+    using Bits = int32_t;
+    static constexpr int degree = 7, bias = 127, mantissa = 23;
+};
+template <>
+struct Exp2Format<double> {
+    using Bits = int64_t;
+    static constexpr int degree = 13, bias = 1023, mantissa = 52;
+};
 
-inline double exp2_approx(double x) {
-    x = x < -1021.0 ? -1021.0 : (x > 1023.0 ? 1023.0 : x);
-    const int32_t k = static_cast<int32_t>(x + 1024.5);  // n + 1024
-    const double f = (x - static_cast<double>(k - 1024)) * 0.693147180559945309417232121458;
-    double p = 1.0 / 6227020800.0;
-    p = p * f + 1.0 / 479001600.0;
-    p = p * f + 1.0 / 39916800.0;
-    p = p * f + 1.0 / 3628800.0;
-    p = p * f + 1.0 / 362880.0;
-    p = p * f + 1.0 / 40320.0;
-    p = p * f + 1.0 / 5040.0;
-    p = p * f + 1.0 / 720.0;
-    p = p * f + 1.0 / 120.0;
-    p = p * f + 1.0 / 24.0;
-    p = p * f + 1.0 / 6.0;
-    p = p * f + 0.5;
-    p = p * f + 1.0;
-    p = p * f + 1.0;
-    const int64_t bits = static_cast<int64_t>(k - 1) << 52;  // (n + 1023) << 52
-    double scale;
+// 1 / j! for j = 0..degree, computed by the compiler
+template <typename T>
+struct TaylorOfExp {
+    static constexpr int degree = Exp2Format<T>::degree;
+    static constexpr std::array<T, degree + 1> coef = [] {
+        std::array<T, degree + 1> c{};
+        c[0] = T(1);
+        for (int j = 1; j <= degree; ++j) c[j] = c[j - 1] / T(j);
+        return c;
+    }();
+};
+
+template <typename T>
+inline T exp2_approx(T x) {
+    using F = Exp2Format<T>;
+    const T lo = T(2 - F::bias), hi = T(F::bias);
+    x = x < lo ? lo : (x > hi ? hi : x);
+    const int32_t k = static_cast<int32_t>(x + T(F::bias + 1.5));  // n + bias + 1
+    const T f = (x - static_cast<T>(k - F::bias - 1)) * T(0.693147180559945309417232121458);
+    using E = TaylorOfExp<T>;
+    T p = E::coef[F::degree];
+    for (int j = F::degree - 1; j >= 0; --j) p = p * f + E::coef[j];
+    const typename F::Bits bits = static_cast<typename F::Bits>(k - 1) << F::mantissa;  // (n + bias) << mantissa
+    T scale;
     std::memcpy(&scale, &bits, sizeof(scale));
     return p * scale;
 }
