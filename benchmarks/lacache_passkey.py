@@ -9,7 +9,9 @@ KV entries summed over layers are equal; the measured peak cache per layer is pr
 Scores: passkey accuracy (all digits right) and digit accuracy, overall and per depth of the hidden key
 (cells "passkey / digit"). A ``full (forward)`` row scores the parallel forward with teacher forcing, as a check
 on the stepping path. With ``--long-factor F`` the same model is also scored at F times the training length
-(same budgets).
+(same budgets). With ``--reposition`` each bounded policy is also scored with its kept keys re-rotated at their
+indices in the cache (``reposition=True``: no query-key distance exceeds the budget), as extra rows
+"... (re-rotated)".
 
 Each split of the passkey task repeats its own filler sentence, and this small model does not carry passkey
 retrieval over to a new filler; so by default the held-out set keeps the test split's passkeys and depths in the
@@ -17,6 +19,7 @@ training filler (``--filler train``), and the model is the final step's (``--wei
 with the best val/acc, which is measured in the val split's filler.
 
     python benchmarks/lacache_passkey.py --run-dir runs/lacache-passkey
+    python benchmarks/lacache_passkey.py --run-dir runs/lacache-passkey-4l --layers 4 --reposition
 """
 
 from __future__ import annotations
@@ -129,16 +132,19 @@ def scores(preds: torch.Tensor, digits: torch.Tensor, depth: torch.Tensor, depth
     return row
 
 
-def policies(seq_len: int, train_len: int, fractions: list[float], sinks: int,
-             span: int) -> list[tuple[str, str, object]]:
+def policies(seq_len: int, train_len: int, fractions: list[float], sinks: int, span: int,
+             reposition: bool = False) -> list[tuple[str, str, object]]:
     """(name, budget label, policy) for the full cache and both bounded policies at each budget, a fraction of
-    the training length (labelled with its share of ``seq_len``)."""
+    the training length (labelled with its share of ``seq_len``); with ``reposition`` each bounded policy also
+    re-rotating its kept keys at their cache indices."""
     out = [("full", f"{seq_len} (100%)", FullCache())]
     for f in fractions:
         b = round(f * train_len)
         label = f"{b} ({b / seq_len:.1%})".replace(".0%", "%")
-        out.append(("sink + window", label, SinkWindowCache(budget=b, sinks=sinks)))
-        out.append(("LaCache", label, LaCache(budget=b, sinks=sinks, span=span)))
+        for rerotate in (False, True) if reposition else (False,):
+            tag = " (re-rotated)" if rerotate else ""
+            out.append((f"sink + window{tag}", label, SinkWindowCache(budget=b, sinks=sinks, reposition=rerotate)))
+            out.append((f"LaCache{tag}", label, LaCache(budget=b, sinks=sinks, span=span, reposition=rerotate)))
     return out
 
 
@@ -157,7 +163,8 @@ def run_length(model: SequenceLM, run_config: dict, seq_len: int, train_len: int
         r = scores(forward_preds(model, inputs, n, args.batch_size), digits, depth, depths)
         body.append(["full (forward)", "-", "-", "-", f"{r['all']:.3f}", f"{r['digits']:.3f}",
                      *[r[d] for d in depths], f"{time.perf_counter() - start:.1f}"])
-    for name, label, policy in policies(seq_len, train_len, args.budgets, args.sinks, args.span):
+    for name, label, policy in policies(seq_len, train_len, args.budgets, args.sinks, args.span,
+                                        args.reposition):
         set_cache_policy(model.trunk, policy)
         start = time.perf_counter()
         preds, peak = decode(model, inputs, n, args.batch_size)
@@ -179,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="run folder: reused when it holds a trained model, else trained into")
     p.add_argument("overrides", nargs="*", help="key=value overrides for training (default: "
                    + " ".join(TRAIN_OVERRIDES) + ")")
+    p.add_argument("--layers", type=int, default=None,
+                   help="attention layers of the model to train (adds model.n_layers=N to the overrides; the "
+                        "config's own is 2)")
     p.add_argument("--weights", choices=("last", "best"), default="last",
                    help="the final step's weights (default) or the exported best-val/acc model")
     p.add_argument("--num-test", type=int, default=500, help="held-out sequences (cycling over the test depths)")
@@ -190,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sinks", type=int, default=4, help="leading tokens both policies keep (default 4)")
     p.add_argument("--span", type=int, default=None,
                    help="LaCache span (default n_layers // 2, at least 1; must be < n_layers)")
+    p.add_argument("--reposition", action="store_true",
+                   help="also score each bounded policy with its kept keys re-rotated at their cache indices")
     p.add_argument("--long-factor", type=float, default=2.0, help="also score at this multiple of the training "
                    "length (0: skip; default 2)")
     p.add_argument("--batch-size", type=int, default=250, help="sequences decoded together (default 250)")
@@ -200,8 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     device = setup_device("cpu", args.threads)
     torch.manual_seed(0)
 
-    model, run_config = trained_model(args.config, args.overrides, args.run_dir, args.weights)
+    overrides = list(args.overrides)
+    if args.layers is not None:
+        overrides = (overrides or TRAIN_OVERRIDES) + [f"model.n_layers={args.layers}"]
+    model, run_config = trained_model(args.config, overrides, args.run_dir, args.weights)
     n_layers = len(model.trunk.blocks)
+    if args.layers is not None and args.layers != n_layers:
+        print(f"warning: --layers {args.layers}, but the model in {args.run_dir} has {n_layers}", flush=True)
     if args.span is None:
         args.span = max(1, n_layers // 2)
     train_len = int(run_config["data"]["seq_len"])
