@@ -175,9 +175,10 @@ def _cache_policy(args: argparse.Namespace, reporter):
     sinks = reporter.n_prefix + 1 if args.kv_sinks is None else args.kv_sinks
     try:
         if args.kv_cache == "window":
-            policy = SinkWindowCache(args.kv_budget, sinks)
+            policy = SinkWindowCache(args.kv_budget, sinks, reposition=args.kv_reposition)
         else:
-            policy = LaCache(args.kv_budget, sinks, span=args.kv_span or max(1, layers // 2))
+            policy = LaCache(args.kv_budget, sinks, span=args.kv_span or max(1, layers // 2),
+                             reposition=args.kv_reposition)
         policy.validate(layers)
     except ValueError as err:
         raise UserError(f"--kv-cache {args.kv_cache}: {err} (--kv-budget {args.kv_budget}, --kv-sinks {sinks})"
@@ -279,4 +280,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--kv-span", type=positive_int, default=None, metavar="S",
                    help="lacache: about how many adjacent layers keep each entry (default: half the attention "
                         "layers)")
+    k.add_argument("--kv-reposition", action="store_true",
+                   help="rotate the kept keys at their places in the cache each step, so no query-key distance "
+                        "exceeds the budget (StreamingLLM's and LaCache's positions)")
     r.set_defaults(func=_cmd_report)

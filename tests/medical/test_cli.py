@@ -205,9 +205,10 @@ def test_report_ct_with_a_bounded_kv_cache(phantoms, tokenizer_dir, tmp_path, ca
     reporter = str(_reporter_dir(phantoms, tmp_path, 2))
     assert main(["report-ct", str(tokens), "--checkpoint", reporter, "--json"]) == 0
     full = json.loads(capsys.readouterr().out)["report"]
-    assert main(["report-ct", str(tokens), "--checkpoint", reporter, "--json", "--kv-cache", kind,
-                 "--kv-budget", "40"]) == 0
-    assert json.loads(capsys.readouterr().out)["report"] == full
+    for reposition in ([], ["--kv-reposition"]):
+        assert main(["report-ct", str(tokens), "--checkpoint", reporter, "--json", "--kv-cache", kind,
+                     "--kv-budget", "40", *reposition]) == 0
+        assert json.loads(capsys.readouterr().out)["report"] == full
     assert main(["report-ct", str(tokens), "--checkpoint", reporter, "--json", "--kv-cache", kind,
                  "--kv-budget", "12"]) == 0
     assert isinstance(json.loads(capsys.readouterr().out)["report"], str)
