@@ -29,7 +29,6 @@ import argparse
 import gc
 import importlib
 import importlib.util
-import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -216,6 +214,7 @@ def _selective_scan_torch_at(rev: str) -> Callable:
 
 
 def selective_scan_cases(device: torch.device, quick: bool, against: str | None = None) -> list[Case]:
+    from mmseq.kernels._cpu_build import cpu_kernels_off
     from mmseq.kernels.selective_scan import selective_scan
 
     old = _selective_scan_torch_at(against) if against else None
@@ -236,7 +235,7 @@ def selective_scan_cases(device: torch.device, quick: bool, against: str | None 
                 if impl == f"torch@{against}":
                     return old(u, delta, A, B, C, Dskip, z, delta_bias, delta_softplus=True)
                 if impl == "torch-vectorized":  # the torch path without its compiled core
-                    with mock.patch.dict(os.environ, {"MMSEQ_CPU_KERNELS": "0"}):
+                    with cpu_kernels_off():
                         return selective_scan(u, delta, A, B, C, Dskip, z, delta_bias, delta_softplus=True,
                                               impl="torch")
                 return selective_scan(u, delta, A, B, C, Dskip, z, delta_bias, delta_softplus=True, impl=impl)

@@ -16,13 +16,12 @@ run. Run it with the machine otherwise idle: other jobs on the cores change the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -31,11 +30,14 @@ from kernels import _selective_scan_torch_at  # noqa: E402
 
 
 def _versions(against: str | None) -> dict:
+    """name -> (the torch path's function, the setting it runs under)."""
+    from mmseq.kernels._cpu_build import cpu_kernels_off
+
     ss = importlib.import_module("mmseq.kernels.selective_scan")
     head = ss.selective_scan_torch
-    out = {"compiled": (head, {}), "vectorized": (head, {"MMSEQ_CPU_KERNELS": "0"})}
+    out = {"compiled": (head, contextlib.nullcontext), "vectorized": (head, cpu_kernels_off)}
     if against:
-        out[f"torch@{against}"] = (_selective_scan_torch_at(against), {})
+        out[f"torch@{against}"] = (_selective_scan_torch_at(against), contextlib.nullcontext)
     return out
 
 
@@ -72,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     times = {(what, name): [] for what in ("scan", "block") for name in versions}
     for rep in range(args.reps + 1):
         for what, run in (("scan", scan), ("block", whole_block)):
-            for name, (fn, env) in versions.items():
-                with mock.patch.dict(os.environ, env):
+            for name, (fn, setting) in versions.items():
+                with setting():
                     t0 = time.perf_counter()
                     run(fn)
                     if rep:

@@ -14,6 +14,7 @@ process, and the ops run their vectorized PyTorch path. ``MMSEQ_CPU_KERNELS=0`` 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
@@ -36,6 +38,21 @@ class CpuKernelWarning(RuntimeWarning):
 def cpu_kernels_enabled() -> bool:
     """False when ``MMSEQ_CPU_KERNELS`` is set to 0 (or false/no/off)."""
     return os.environ.get("MMSEQ_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def cpu_kernels_off() -> Iterator[None]:
+    """Within the block, ops run their PyTorch code (``MMSEQ_CPU_KERNELS=0``); the environment is restored after.
+    An op's backward follows the choice its forward made."""
+    before = os.environ.get("MMSEQ_CPU_KERNELS")
+    os.environ["MMSEQ_CPU_KERNELS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MMSEQ_CPU_KERNELS"]
+        else:
+            os.environ["MMSEQ_CPU_KERNELS"] = before
 
 
 def cache_dir() -> Path:

@@ -515,12 +515,13 @@ class _ScanCoreCpuFn(torch.autograd.Function):
         fn(*map(_ptr, (u, dt, A2, Bt, Ct, y, last)), *map(ctypes.c_int64, (Bs, dim, L, N, G)),
            ctypes.c_int(torch.get_num_threads()))
         ctx.save_for_backward(u, dt, A, A2, Bt, Ct)
+        ctx.lib = lib  # the backward runs the library the forward ran, whatever MMSEQ_CPU_KERNELS says by then
         return y, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dlast):
-        lib = _cpu_core_library()
+        lib = ctx.lib
         u, dt, A, A2, Bt, Ct = ctx.saved_tensors
         Bs, dim, L = u.shape
         G, N = Bt.shape[1], Bt.shape[3]

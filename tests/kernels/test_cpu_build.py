@@ -123,3 +123,27 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert build.cache_dir() == tmp_path / "x" / "mmseq" / "cpu_kernels"
     assert os.fspath(build.CSRC / "selective_scan_cpu.cpp")
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler (g++: `make system-deps`)")
+def test_the_backward_follows_the_forward_when_the_kernels_are_switched_off_between(monkeypatch):
+    x = _inputs(2, 4, 3, 9, 1)
+    want = _ref(x)
+
+    def fn(**kw):
+        out, last = ss.selective_scan(**kw, delta_softplus=True, return_last_state=True, impl="torch")
+        monkeypatch.setenv("MMSEQ_CPU_KERNELS", "0")  # before the backward that outputs_and_grads runs
+        return out, last
+
+    assert_close(outputs_and_grads(fn, x, NAMES), want, 1e-12, by="max", label="switched off")
+
+
+def test_cpu_kernels_off_restores_the_environment(monkeypatch):
+    monkeypatch.delenv("MMSEQ_CPU_KERNELS", raising=False)
+    with build.cpu_kernels_off():
+        assert not build.cpu_kernels_enabled()
+    assert "MMSEQ_CPU_KERNELS" not in os.environ
+    monkeypatch.setenv("MMSEQ_CPU_KERNELS", "1")
+    with pytest.raises(KeyError), build.cpu_kernels_off():
+        raise KeyError("inside")
+    assert os.environ["MMSEQ_CPU_KERNELS"] == "1"

@@ -17,16 +17,16 @@ and each longer length once. The Triton interpreter takes about 0.1 s per positi
 stops at TRITON_CPU_MAX_L (longer sequences run on a GPU).
 """
 
+import contextlib
 import importlib
 import itertools
-import os
 import zlib
 from collections import OrderedDict
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from mmseq.kernels._cpu_build import cpu_kernels_off
 
 from tests.kernels._helpers import DEVICE, triton_marks
 
@@ -56,9 +56,9 @@ def _path_param(path: str, *values, id: str, marks=()):
 
 
 def _path_env(path: str):
-    """The environment ``path`` runs in: MMSEQ_CPU_KERNELS=0 for "torch-vectorized" (the choice between the
+    """The setting ``path`` runs in: compiled CPU kernels off for "torch-vectorized" (the choice between the
     compiled core and the PyTorch code is made in the forward; the backward follows it)."""
-    return mock.patch.dict(os.environ, {"MMSEQ_CPU_KERNELS": "0"} if path == "torch-vectorized" else {})
+    return cpu_kernels_off() if path == "torch-vectorized" else contextlib.nullcontext()
 
 
 def _seed(label: str) -> int:
